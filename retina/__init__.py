@@ -1,0 +1,1 @@
+"""RetinaNet trainer for the focal-loss ablations: config, anchors, boxes, losses, model, data, training."""

@@ -1,0 +1,395 @@
+"""The trainer's configuration schema: every knob the paper's ablations turn.
+
+The dataclass defaults are the paper's recipe (ResNet-50-FPN, 600 px, 16 images per iteration,
+lr 0.01, 90k iterations, FL gamma 2 alpha .25, 3 scales x 3 ratios); the profiles in
+``sweeps/profiles/`` (``cpu`` default, ``gpu``, ``paper``) override what a smaller machine needs.
+
+A config is an OmegaConf structured config: unknown keys and wrong types are refused. ``load_config``
+merges profile, YAML files and ``key=value`` overrides and validates ranges; every mistake a user can
+make becomes a one-line :class:`ConfigError` naming the file, the key and what would be right.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, List, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = PROJECT_ROOT / "sweeps" / "profiles"
+DEFAULT_PROFILE = "cpu"
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake; its message is one line: where, which key, what is right."""
+
+
+@dataclass
+class ModelConfig:
+    depth: int = 50  # ResNet depth: 18, 34, 50 or 101 (torchvision, weights=None)
+    fpn_channels: int = 256  # width of P3..P7 and of the subnets
+    head_convs: int = 4  # 3x3 convs (+ReLU) in each subnet before its predictor
+    head_norm: str = "none"  # "none" (paper) or "group" (GroupNorm(32) in the subnets; a stabilizer)
+    prior_init: bool = True  # last class conv bias = -log((1 - pi) / pi); False: bias 0 (section 5.1)
+    prior_prob: float = 0.01  # pi
+    channels_last: bool = False  # memory format on CUDA
+
+
+@dataclass
+class AnchorConfig:
+    base_size: float = 32.0  # anchor size on P3 in input pixels; P(l) uses base_size * 2^(l-3)
+    scales_per_octave: int = 3  # n: scales 2^(k/n), k = 0..n-1
+    aspect_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width
+
+
+@dataclass
+class MatcherConfig:
+    fg_iou: float = 0.5  # IoU >= fg_iou: foreground
+    bg_iou: float = 0.4  # IoU < bg_iou: background; in between: ignored
+    # True: each ground-truth box also claims the anchor(s) of its highest IoU even below fg_iou
+    # (Detectron's RetinaNet does; the paper's text does not mention it).
+    allow_low_quality_matches: bool = False
+
+
+@dataclass
+class LossConfig:
+    kind: str = "focal"  # "focal" (gamma 0 = alpha-balanced CE, Table 1a) or "ohem" (section 5.2)
+    alpha: float = 0.25  # weight of the positive class; negatives get 1 - alpha
+    gamma: float = 2.0  # focusing parameter; 0 = cross entropy
+    smooth_l1_beta: float = 0.11
+    box_weight: float = 1.0
+    # Normalizer = number of foreground anchors in the batch; momentum > 0 uses an exponential
+    # moving average of it (Detectron2 uses 0.9), a known stabilizer when training from scratch.
+    normalizer_momentum: float = 0.0
+    ohem_batch_size: int = 128  # anchors kept per image
+    ohem_nms: float = 0.7  # NMS threshold over anchor boxes, scored by their loss
+    ohem_pos_ratio: Optional[float] = None  # e.g. 0.25 for the paper's "1:3"; None: no ratio
+
+
+@dataclass
+class DatasetSplit:
+    annotations: str = ""  # COCO instances JSON
+    images: str = ""  # folder that the JSON's file_name values are relative to
+
+
+@dataclass
+class SyntheticConfig:
+    seed: int = 0
+    num_train: int = 512
+    num_val: int = 128
+    image_size: int = 128
+    num_classes: int = 3
+    min_objects: int = 1
+    max_objects: int = 3
+    min_object_size: float = 12.0  # object size sqrt(w * h) in pixels, smallest
+    max_object_size: float = 96.0  # largest; 12..96 spans three octaves
+    easy_distractors: int = 6  # clutter unlike any object: specks, stripes, blurs
+    hard_distractors: int = 2  # object-like clutter: outlines and shapes of no class
+    cache_dir: str = ""  # "" = <project>/.cache/synthetic
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "synthetic" (generated, the default) or "coco" (the four paths below)
+    train: DatasetSplit = field(default_factory=DatasetSplit)
+    val: DatasetSplit = field(default_factory=DatasetSplit)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    min_size: int = 600  # shorter side after resize, pixels
+    max_size: int = 1000  # cap on the longer side
+    size_divisibility: int = 32  # batches are padded to a multiple of this
+    flip_prob: float = 0.5  # horizontal flip, training only
+    num_workers: int = 0  # DataLoader worker processes
+    max_val_images: Optional[int] = None  # evaluate on the first N validation images
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 90000
+    batch_size: int = 16  # images per iteration
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3.0
+    lr_steps: List[float] = field(default_factory=lambda: [60000 / 90000, 80000 / 90000])
+    lr_gamma: float = 0.1
+    grad_clip_norm: Optional[float] = None  # None = no clipping (the paper)
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    log_every: int = 20  # iterations between on_metrics calls
+    checkpoint_every: int = 1000  # iterations between checkpoints; 0 = only the final one
+
+
+@dataclass
+class EvalConfig:
+    score_thresh: float = 0.05
+    topk_per_level: int = 1000
+    nms_thresh: float = 0.5
+    max_detections: int = 100
+    batch_size: int = 8
+
+
+@dataclass
+class RetinaConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    matcher: MatcherConfig = field(default_factory=MatcherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = ""  # where `python -m retina.train` writes; "" = runs/<timestamp>
+
+
+# ----------------------------------------------------------------------------------------------
+# building and validating
+
+
+def schema() -> DictConfig:
+    """The default (paper) config as a struct-mode OmegaConf object."""
+    cfg = OmegaConf.structured(RetinaConfig)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def valid_keys(cfg: Optional[DictConfig] = None) -> List[str]:
+    """Every dotted leaf key of the schema, e.g. ``loss.alpha``."""
+    cfg = schema() if cfg is None else cfg
+    return sorted(_flatten(OmegaConf.to_container(cfg, resolve=True)).keys())
+
+
+def _flatten(d: Any, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                out.update(_flatten(v, key + "."))
+            else:
+                out[key] = v
+    return out
+
+
+def flatten(cfg: DictConfig) -> dict:
+    """Resolved config as ``{"loss.alpha": 0.25, ...}`` (lists stay lists)."""
+    return _flatten(OmegaConf.to_container(cfg, resolve=True))
+
+
+def closest_key(key: str, candidates: Iterable[str]) -> Optional[str]:
+    candidates = list(candidates)
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if match:
+        return match[0]
+    leaf = key.split(".")[-1]
+    by_leaf = [c for c in candidates if c.split(".")[-1] == leaf]
+    return by_leaf[0] if by_leaf else None
+
+
+def _unknown_key_message(where: str, key: str) -> str:
+    hint = closest_key(key, valid_keys())
+    right = f"did you mean '{hint}'?" if hint else "see retina/config.py for the valid keys"
+    return f"{where}: unknown key '{key}'; {right}"
+
+
+def merge_into(cfg: DictConfig, overrides: Any, where: str) -> DictConfig:
+    """Merge a dict / DictConfig of overrides into ``cfg``; mistakes become one-line ConfigErrors."""
+    if overrides is None:
+        return cfg
+    if not isinstance(overrides, (dict, DictConfig)):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(overrides).__name__}")
+    flat = _flatten(OmegaConf.to_container(OmegaConf.create(overrides)) if isinstance(overrides, dict)
+                    else OmegaConf.to_container(overrides))
+    known = set(valid_keys())
+    for key in flat:
+        if key not in known and not any(key.startswith(k + ".") for k in known):
+            raise ConfigError(_unknown_key_message(where, key))
+    try:
+        return OmegaConf.merge(cfg, overrides)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        expected = _expected_type(key)
+        raise ConfigError(f"{where}: key '{key}' has a value of the wrong type; expected {expected}") from None
+
+
+def _expected_type(key: str) -> str:
+    import typing
+
+    node: Any = RetinaConfig
+
+    try:
+        for part in key.split("."):
+            hints = typing.get_type_hints(node)
+            node = hints[part]
+    except Exception:
+        return "the type in retina/config.py"
+    name = getattr(node, "__name__", None) or str(node).replace("typing.", "")
+    return name
+
+
+def parse_dotlist(items: Iterable[str], where: str = "command line") -> dict:
+    """``["loss.alpha=0.5", "train.iterations=10"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{where}: override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping safely (no object construction); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def profile_path(name: str) -> Path:
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile '{name}'; expected one of {', '.join(known)}")
+    return path
+
+
+def load_config(
+    profile: Optional[str] = DEFAULT_PROFILE,
+    files: Iterable[str | Path] = (),
+    overrides: Iterable[str] = (),
+    extra: Optional[dict] = None,
+    check_paths: bool = False,
+) -> DictConfig:
+    """Schema <- profile <- YAML files <- ``extra`` dict <- ``key=value`` overrides, then validated."""
+    cfg = schema()
+    if profile:
+        path = profile_path(profile)
+        cfg = merge_into(cfg, read_yaml(path), str(path))
+    for f in files:
+        cfg = merge_into(cfg, read_yaml(f), str(f))
+    if extra:
+        cfg = merge_into(cfg, extra, "config")
+    overrides = list(overrides)
+    if overrides:
+        cfg = merge_into(cfg, parse_dotlist(overrides), "command line")
+    validate(cfg, check_paths=check_paths)
+    return cfg
+
+
+def _fail(where: str, key: str, value: Any, expected: str) -> None:
+    raise ConfigError(f"{where}: {key}={value!r} is out of range; expected {expected}")
+
+
+def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) -> None:
+    """Range and consistency checks the type system cannot express."""
+    m, a, mt, l, d, t, e = cfg.model, cfg.anchors, cfg.matcher, cfg.loss, cfg.data, cfg.train, cfg.eval
+
+    def need(cond: bool, key: str, value: Any, expected: str) -> None:
+        if not cond:
+            _fail(where, key, value, expected)
+
+    need(m.depth in (18, 34, 50, 101), "model.depth", m.depth, "one of 18, 34, 50, 101")
+    need(m.fpn_channels >= 1, "model.fpn_channels", m.fpn_channels, "a positive integer")
+    need(m.head_convs >= 0, "model.head_convs", m.head_convs, "an integer >= 0")
+    need(m.head_norm in ("none", "group"), "model.head_norm", m.head_norm, "'none' or 'group'")
+    if m.head_norm == "group":
+        need(m.fpn_channels % 32 == 0, "model.fpn_channels", m.fpn_channels,
+             "a multiple of 32 with model.head_norm=group")
+    need(0.0 < m.prior_prob < 1.0, "model.prior_prob", m.prior_prob, "a probability in (0, 1)")
+    need(a.base_size > 0, "anchors.base_size", a.base_size, "a positive size in pixels")
+    need(a.scales_per_octave >= 1, "anchors.scales_per_octave", a.scales_per_octave, "an integer >= 1")
+    need(len(a.aspect_ratios) >= 1 and all(r > 0 for r in a.aspect_ratios), "anchors.aspect_ratios",
+         list(a.aspect_ratios), "a non-empty list of positive height/width ratios")
+    need(0.0 < mt.fg_iou <= 1.0, "matcher.fg_iou", mt.fg_iou, "a value in (0, 1]")
+    need(0.0 <= mt.bg_iou <= mt.fg_iou, "matcher.bg_iou", mt.bg_iou, f"a value in [0, matcher.fg_iou={mt.fg_iou}]")
+    need(l.kind in ("focal", "ohem"), "loss.kind", l.kind, "'focal' or 'ohem'")
+    need(0.0 <= l.alpha <= 1.0, "loss.alpha", l.alpha, "a value in [0, 1]")
+    need(l.gamma >= 0.0 and math.isfinite(l.gamma), "loss.gamma", l.gamma, "a finite value >= 0")
+    need(l.smooth_l1_beta >= 0.0, "loss.smooth_l1_beta", l.smooth_l1_beta, "a value >= 0")
+    need(l.box_weight >= 0.0, "loss.box_weight", l.box_weight, "a value >= 0")
+    need(0.0 <= l.normalizer_momentum < 1.0, "loss.normalizer_momentum", l.normalizer_momentum, "a value in [0, 1)")
+    need(l.ohem_batch_size >= 1, "loss.ohem_batch_size", l.ohem_batch_size, "an integer >= 1")
+    need(0.0 < l.ohem_nms <= 1.0, "loss.ohem_nms", l.ohem_nms, "a value in (0, 1]")
+    if l.ohem_pos_ratio is not None:
+        need(0.0 < l.ohem_pos_ratio < 1.0, "loss.ohem_pos_ratio", l.ohem_pos_ratio, "a value in (0, 1) or null")
+    need(d.source in ("synthetic", "coco"), "data.source", d.source, "'synthetic' or 'coco'")
+    need(d.min_size >= 8, "data.min_size", d.min_size, "an integer >= 8")
+    need(d.max_size >= d.min_size, "data.max_size", d.max_size, f"an integer >= data.min_size={d.min_size}")
+    need(d.size_divisibility >= 1, "data.size_divisibility", d.size_divisibility, "an integer >= 1")
+    need(0.0 <= d.flip_prob <= 1.0, "data.flip_prob", d.flip_prob, "a probability in [0, 1]")
+    need(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
+    s = d.synthetic
+    need(s.num_train >= 1 and s.num_val >= 1, "data.synthetic.num_train", s.num_train, "an integer >= 1")
+    need(s.image_size >= 32, "data.synthetic.image_size", s.image_size, "an integer >= 32")
+    need(1 <= s.num_classes <= 6, "data.synthetic.num_classes", s.num_classes, "an integer in [1, 6]")
+    need(0 <= s.min_objects <= s.max_objects, "data.synthetic.max_objects", s.max_objects,
+         f"an integer >= data.synthetic.min_objects={s.min_objects}")
+    need(0 < s.min_object_size <= s.max_object_size <= s.image_size, "data.synthetic.max_object_size",
+         s.max_object_size, "min_object_size <= max_object_size <= image_size")
+    if d.source == "coco":
+        for split in ("train", "val"):
+            for k in ("annotations", "images"):
+                value = d[split][k]
+                need(bool(value), f"data.{split}.{k}", value, "a path (data.source=coco)")
+                if check_paths and not Path(value).exists():
+                    raise ConfigError(f"{where}: data.{split}.{k}={value!r} does not exist; expected an existing "
+                                      f"{'file' if k == 'annotations' else 'folder'}")
+    need(t.iterations >= 1, "train.iterations", t.iterations, "an integer >= 1")
+    need(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+    need(t.lr > 0 and math.isfinite(t.lr), "train.lr", t.lr, "a positive learning rate")
+    need(0.0 <= t.momentum < 1.0, "train.momentum", t.momentum, "a value in [0, 1)")
+    need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a value >= 0")
+    need(t.warmup_iters >= 0, "train.warmup_iters", t.warmup_iters, "an integer >= 0")
+    need(0.0 < t.warmup_factor <= 1.0, "train.warmup_factor", t.warmup_factor, "a value in (0, 1]")
+    need(all(0.0 < s_ < 1.0 for s_ in t.lr_steps) and list(t.lr_steps) == sorted(t.lr_steps), "train.lr_steps",
+         list(t.lr_steps), "increasing fractions of train.iterations in (0, 1)")
+    need(0.0 < t.lr_gamma <= 1.0, "train.lr_gamma", t.lr_gamma, "a value in (0, 1]")
+    if t.grad_clip_norm is not None:
+        need(t.grad_clip_norm > 0, "train.grad_clip_norm", t.grad_clip_norm, "a positive norm or null")
+    need(t.device in ("auto", "cpu", "cuda"), "train.device", t.device, "'auto', 'cpu' or 'cuda'")
+    need(t.num_threads >= 0, "train.num_threads", t.num_threads, "an integer >= 0")
+    need(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, "an integer >= 0")
+    need(0.0 <= e.score_thresh < 1.0, "eval.score_thresh", e.score_thresh, "a value in [0, 1)")
+    need(e.topk_per_level >= 1, "eval.topk_per_level", e.topk_per_level, "an integer >= 1")
+    need(0.0 < e.nms_thresh <= 1.0, "eval.nms_thresh", e.nms_thresh, "a value in (0, 1]")
+    need(e.max_detections >= 1, "eval.max_detections", e.max_detections, "an integer >= 1")
+    need(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer >= 1")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def from_container(d: dict) -> DictConfig:
+    """Rebuild a validated config from a plain dict (e.g. one saved in a checkpoint or a trial)."""
+    cfg = merge_into(schema(), d, "config")
+    validate(cfg)
+    return cfg

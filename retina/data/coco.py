@@ -1,0 +1,313 @@
+"""COCO-format detection data: loading, resizing, flipping, batching, and results back to COCO.
+
+Conventions (as in detectron2 / torchvision):
+
+* boxes are ``xyxy`` float32 in pixels of the image the tensor holds (the resized image);
+* labels are contiguous ``0..num_classes-1``; label ``i`` is COCO category ``category_ids[i]``;
+* an image is resized so that its shorter side is ``min_size``, unless its longer side would
+  then exceed ``max_size`` (then the longer side is ``max_size``); one scale for both axes;
+* crowd boxes are kept and flagged ``iscrowd`` (the matcher ignores them);
+* boxes with zero or negative width or height are dropped (counted and logged once).
+
+Everything a user can get wrong in the files raises a one-line :class:`DataError` naming the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import operator
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools.coco import COCO
+from torchvision.io import ImageReadMode, decode_image
+
+logger = logging.getLogger("retina.data")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_COCO_KEYS = ("images", "annotations", "categories")
+
+
+class DataError(ValueError):
+    """A problem with a dataset's files; the message is one line and names the file."""
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def load_coco(path: str | Path) -> COCO:
+    """Read a COCO instances JSON into a pycocotools ``COCO`` (quietly); format errors -> DataError.
+
+    Missing ``area`` / ``iscrowd`` fields of annotations are filled in (box area, 0) so that
+    COCOeval can use the object as ground truth.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found; expected a COCO instances JSON")
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                        "expected a COCO instances JSON") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{path}: cannot read ({_one_line(e)}); expected a COCO instances JSON") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: top level is a {type(data).__name__}; expected a COCO instances JSON object")
+    missing = [k for k in _COCO_KEYS if not isinstance(data.get(k), list)]
+    if missing:
+        raise DataError(f"{path}: missing or not a list: {', '.join(repr(k) for k in missing)}; expected a COCO "
+                        "instances JSON with 'images', 'annotations' and 'categories'")
+    _check_records(path, data)
+    for ann in data["annotations"]:
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _check_records(path: Path, data: dict) -> None:
+    """Every image, category and annotation has what the loader needs; one-line DataErrors."""
+    image_ids = set()
+    for img in data["images"]:
+        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+            raise DataError(f"{path}: image entry {_one_line(img)[:80]} lacks 'id' or 'file_name'")
+        if img["id"] in image_ids:
+            raise DataError(f"{path}: image id {img['id']} appears twice; expected unique image ids")
+        image_ids.add(img["id"])
+    category_ids = set()
+    for cat in data["categories"]:
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
+            raise DataError(f"{path}: category entry {_one_line(cat)[:80]} lacks an integer 'id'")
+        category_ids.add(cat["id"])
+    if not category_ids:
+        raise DataError(f"{path}: 'categories' is empty; expected at least one category")
+    for ann in data["annotations"]:
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        if ann_id is None:
+            raise DataError(f"{path}: annotation entry {_one_line(ann)[:80]} lacks an 'id'")
+        if ann.get("category_id") not in category_ids:
+            raise DataError(f"{path}: annotation {ann_id} has category_id={ann.get('category_id')!r}, which is "
+                            f"not in 'categories'; expected one of {sorted(category_ids)}")
+        if ann.get("image_id") not in image_ids:
+            raise DataError(f"{path}: annotation {ann_id} has image_id={ann.get('image_id')!r}, which is not in "
+                            "'images'")
+        bbox = ann.get("bbox")
+        if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
+            raise DataError(f"{path}: annotation {ann_id} has bbox={bbox!r}; expected [x, y, width, height] "
+                            "of 4 finite numbers")
+
+
+def decode_rgb(path: str | Path) -> torch.Tensor:
+    """Read an image file as a uint8 (3, H, W) RGB tensor (grayscale is replicated); -> DataError."""
+    try:
+        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode image ({_one_line(e)[:120]}); expected a readable "
+                        "JPEG or PNG file") from None
+
+
+def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:
+    """The scale that makes the shorter side ``min_size`` unless the longer side would exceed
+    ``max_size`` (then the longer side becomes ``max_size``)."""
+    scale = min_size / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return scale
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO instances JSON and its image folder as a detection dataset.
+
+    ``dataset[i]`` or ``dataset[(i, flip)]`` returns a dict:
+
+    * ``image``: float32 (3, h, w) in [0, 1], resized (see module docstring);
+    * ``boxes``: float32 (G, 4) xyxy, resized-image pixels (mirrored if flipped);
+    * ``labels``: int64 (G,) contiguous; ``iscrowd``: bool (G,);
+    * ``image_id``: int; ``orig_size``: (H, W) of the file; ``scale``: float, resized / original;
+    * ``flipped``: bool, True only when ``flip`` was asked for and ``train`` is True.
+
+    The trainer decides flips (deterministically, e.g. with probability ``flip_prob``) and passes
+    ``(i, flip)``; a plain index never flips. Boxes are clipped to the image; a box that lies
+    wholly outside it is left out of that item.
+
+    Attributes: ``coco`` (pycocotools COCO; dropped degenerate boxes are removed from it too, so
+    that it is the ground truth the model is trained and evaluated on), ``category_ids`` (sorted),
+    ``class_names``, ``num_classes``, ``image_ids`` (every image, with boxes or not, sorted),
+    ``num_degenerate_dropped``.
+    """
+
+    def __init__(self, annotations: str | Path, images: str | Path, *, train: bool, min_size: int,
+                 max_size: int, flip_prob: float = 0.5) -> None:
+        self.annotations = str(annotations)
+        self.images = str(images)
+        self.train = train
+        self.min_size = min_size
+        self.max_size = max_size
+        self.flip_prob = flip_prob
+
+        self.coco = load_coco(annotations)
+        if not Path(images).is_dir():
+            raise DataError(f"{images}: image folder not found (images of {annotations})")
+        cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
+        self.category_ids: List[int] = [c["id"] for c in cats]
+        self.class_names: List[str] = [str(c.get("name", c["id"])) for c in cats]
+        self.num_classes = len(self.category_ids)
+        self._label_of = {cat_id: i for i, cat_id in enumerate(self.category_ids)}
+        self.image_ids: List[int] = sorted(self.coco.imgs)
+        self._check_files_exist()
+        self.num_degenerate_dropped = self._drop_degenerate()
+        self._targets = {img_id: self._target_arrays(img_id) for img_id in self.image_ids}
+
+    def _check_files_exist(self) -> None:
+        missing = [self._path(i) for i in self.image_ids if not os.path.isfile(self._path(i))]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(f"{missing[0]}: image file not found{more}; referenced by {self.annotations}, "
+                            f"whose file_name values must be relative to {self.images}")
+
+    def _drop_degenerate(self) -> int:
+        anns = self.coco.dataset["annotations"]
+        kept = [a for a in anns if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        dropped = len(anns) - len(kept)
+        if dropped:
+            logger.warning("%s: dropped %d box(es) with zero or negative width or height", self.annotations, dropped)
+            self.coco.dataset["annotations"] = kept
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.coco.createIndex()
+        return dropped
+
+    def _target_arrays(self, image_id: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes (G, 4) xyxy float32 original pixels, labels (G,) int64, iscrowd (G,) bool)."""
+        anns = self.coco.imgToAnns.get(image_id, [])
+        xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+        labels = np.asarray([self._label_of[a["category_id"]] for a in anns], dtype=np.int64)
+        iscrowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        return boxes, labels, iscrowd
+
+    def _path(self, image_id: int) -> str:
+        return os.path.join(self.images, self.coco.imgs[image_id]["file_name"])
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, item: int | Tuple[int, bool]) -> Dict[str, Any]:
+        index, flip = (item[0], bool(item[1])) if isinstance(item, tuple) else (item, False)
+        image_id = self.image_ids[operator.index(index)]
+        raw = decode_rgb(self._path(image_id))  # (3, H, W) uint8
+        height, width = int(raw.shape[1]), int(raw.shape[2])
+        scale = resize_scale(height, width, self.min_size, self.max_size)
+        new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
+        image = raw.to(torch.float32).div_(255.0)
+        if (new_h, new_w) != (height, width):
+            image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                  antialias=scale < 1.0)[0].clamp_(0.0, 1.0)
+
+        boxes_np, labels_np, crowd_np = self._targets[image_id]
+        boxes = torch.from_numpy(boxes_np * np.float32(scale))  # (G, 4) xyxy, resized pixels
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_h)
+        inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, labels, iscrowd = boxes[inside], torch.from_numpy(labels_np)[inside], torch.from_numpy(crowd_np)[inside]
+
+        flipped = flip and self.train
+        if flipped:
+            image = image.flip(-1)
+            boxes = torch.stack([new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], dim=1)
+        return {
+            "image": image.contiguous(),
+            "boxes": boxes,
+            "labels": labels,
+            "iscrowd": iscrowd,
+            "image_id": int(image_id),
+            "orig_size": (height, width),
+            "scale": float(scale),
+            "flipped": flipped,
+        }
+
+    def __repr__(self) -> str:
+        return (f"CocoDetection({self.annotations!r}, {len(self)} images, {self.num_classes} classes, "
+                f"train={self.train}, min_size={self.min_size}, max_size={self.max_size})")
+
+
+# ----------------------------------------------------------------------------------------------
+# batching and results
+
+
+def collate(samples: List[Dict[str, Any]], size_divisibility: int = 32) -> Dict[str, Any]:
+    """Normalize with the ImageNet mean/std and zero-pad to a common, divisible size.
+
+    Returns ``images`` float32 (N, 3, Hp, Wp) (Hp, Wp: batch max rounded up to a multiple of
+    ``size_divisibility``; padding is 0 after normalization), ``image_sizes`` [(h, w)] before
+    padding, and the per-image lists ``boxes``, ``labels``, ``iscrowd``, ``image_ids``,
+    ``orig_sizes``, ``scales``, ``flipped``.
+    """
+    if not samples:
+        raise ValueError("collate: empty batch")
+    sizes = [(int(s["image"].shape[1]), int(s["image"].shape[2])) for s in samples]
+    d = max(1, size_divisibility)
+    pad_h = -(-max(h for h, _ in sizes) // d) * d
+    pad_w = -(-max(w for _, w in sizes) // d) * d
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    images = torch.zeros((len(samples), 3, pad_h, pad_w), dtype=torch.float32)
+    for padded, sample, (h, w) in zip(images, samples, sizes):
+        padded[:, :h, :w] = (sample["image"] - mean) / std
+    return {
+        "images": images,
+        "image_sizes": sizes,
+        "boxes": [s["boxes"] for s in samples],
+        "labels": [s["labels"] for s in samples],
+        "iscrowd": [s["iscrowd"] for s in samples],
+        "image_ids": [s["image_id"] for s in samples],
+        "orig_sizes": [s["orig_size"] for s in samples],
+        "scales": [s["scale"] for s in samples],
+        "flipped": [s["flipped"] for s in samples],
+    }
+
+
+def to_coco_results(outputs: Sequence[Dict[str, Any]], image_ids: Sequence[int], scales: Sequence[float],
+                    category_ids: Sequence[int]) -> List[Dict[str, Any]]:
+    """Per-image detections -> COCO result dicts.
+
+    ``outputs[k]``: ``boxes`` (D, 4) xyxy in resized pixels, ``scores`` (D,), ``labels`` (D,)
+    contiguous. Returns ``{"image_id", "category_id" (the COCO id), "bbox" [x, y, w, h] in
+    original-image pixels, "score"}`` with plain Python numbers.
+    """
+    if not (len(outputs) == len(image_ids) == len(scales)):
+        raise ValueError(f"to_coco_results: {len(outputs)} outputs, {len(image_ids)} image_ids and "
+                         f"{len(scales)} scales; expected one of each per image")
+    results: List[Dict[str, Any]] = []
+    for out, image_id, scale in zip(outputs, image_ids, scales):
+        boxes = torch.as_tensor(out["boxes"]).detach().to("cpu", torch.float64).reshape(-1, 4) / float(scale)
+        scores = torch.as_tensor(out["scores"]).detach().to("cpu", torch.float64).reshape(-1).tolist()
+        labels = torch.as_tensor(out["labels"]).detach().to("cpu").reshape(-1).tolist()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        for bbox, score, label in zip(xywh, scores, labels):
+            results.append({"image_id": int(image_id), "category_id": int(category_ids[int(label)]),
+                            "bbox": bbox, "score": score})
+    return results

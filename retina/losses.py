@@ -1,0 +1,157 @@
+"""Classification losses of the paper (focal loss, alpha-balanced CE, OHEM) and the box loss.
+
+Focal loss (paper eq. 5), per anchor and class, with p = sigmoid(x) and y in {0, 1}:
+
+    p_t = p if y = 1 else 1 - p,      alpha_t = alpha if y = 1 else 1 - alpha
+    FL(p_t) = -alpha_t * (1 - p_t)^gamma * log(p_t)
+
+gamma = 0 gives the alpha-balanced cross entropy of Table 1a. The modulating factor is computed as
+exp(gamma * log(1 - p_t)) with log(1 - p_t) = logsigmoid(-x) for y = 1 and logsigmoid(x) for y = 0,
+which keeps its gradient finite for 0 < gamma < 1 where (1 - p_t)^gamma's derivative is infinite
+at p_t = 1 (sigmoid saturates to exactly 1 in float32 for |x| > ~17).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import nms
+
+from .boxes import BACKGROUND, IGNORE, encode
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """Element-wise focal loss (no reduction); ``targets`` in {0, 1}, same shape as ``logits``."""
+    logits = logits.float()
+    targets = targets.to(logits.dtype)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    loss = ce
+    if gamma != 0:
+        signed = logits * (1.0 - 2.0 * targets)  # x for negatives, -x for positives
+        loss = ce * torch.exp(gamma * F.logsigmoid(signed))  # (1 - p_t)^gamma
+    alpha_t = alpha * targets + (1.0 - alpha) * (1.0 - targets)
+    return alpha_t * loss
+
+
+def box_loss(box_deltas: torch.Tensor, anchors: torch.Tensor, matched_boxes: torch.Tensor,
+             beta: float) -> torch.Tensor:
+    """Smooth L1 summed over the given foreground anchors: (F, 4) predictions, anchors, matched gt."""
+    target = encode(anchors, matched_boxes)
+    if beta == 0:
+        return F.l1_loss(box_deltas.float(), target, reduction="sum")
+    return F.smooth_l1_loss(box_deltas.float(), target, reduction="sum", beta=beta)
+
+
+def ohem_select(anchor_losses: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
+                batch_size: int, nms_thresh: float, pos_ratio: Optional[float]) -> torch.Tensor:
+    """Online hard example mining for one image (section 5.2).
+
+    Args:
+        anchor_losses: (R,) loss of each anchor (summed over classes), detached.
+        anchors: (R, 4) anchor boxes; labels: (R,) assignment (>= 0 fg, BACKGROUND, IGNORE).
+        pos_ratio: e.g. 0.25 for "1:3": at most ``batch_size * pos_ratio`` positives and three
+            negatives per positive ((1 - r) / r); None: the top ``batch_size`` whatever their label.
+    Returns:
+        (R,) bool mask of the anchors kept: NMS over anchor boxes scored by loss, then the highest.
+    """
+    candidates = (labels != IGNORE).nonzero(as_tuple=True)[0]
+    keep = candidates[nms(anchors[candidates].float(), anchor_losses[candidates].float(), nms_thresh)]
+    # nms returns indices sorted by decreasing score (loss).
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    if pos_ratio is None:
+        mask[keep[:batch_size]] = True
+        return mask
+    is_pos = labels[keep] >= 0
+    pos, neg = keep[is_pos], keep[~is_pos]
+    num_pos = min(len(pos), int(batch_size * pos_ratio))
+    num_neg = min(len(neg), int(round(num_pos * (1.0 - pos_ratio) / pos_ratio)), batch_size - num_pos)
+    mask[pos[:num_pos]] = True
+    mask[neg[:num_neg]] = True
+    return mask
+
+
+@dataclass
+class LossOutput:
+    loss_cls: torch.Tensor
+    loss_box: torch.Tensor
+    num_foreground: int
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.loss_cls + self.loss_box
+
+
+class RetinaLoss:
+    """The detector's loss, given the head outputs, anchors and assignment.
+
+    Classification sums over all non-ignored anchors (focal) or over the OHEM-kept anchors, and both
+    terms are divided by the number of foreground anchors in the batch (optionally an exponential
+    moving average of it, ``normalizer_momentum``).
+    """
+
+    def __init__(self, kind: str = "focal", alpha: float = 0.25, gamma: float = 2.0,
+                 smooth_l1_beta: float = 0.11, box_weight: float = 1.0, normalizer_momentum: float = 0.0,
+                 ohem_batch_size: int = 128, ohem_nms: float = 0.7, ohem_pos_ratio: Optional[float] = None):
+        self.kind = kind
+        self.alpha, self.gamma = alpha, gamma
+        self.smooth_l1_beta, self.box_weight = smooth_l1_beta, box_weight
+        self.normalizer_momentum = normalizer_momentum
+        self.ohem_batch_size, self.ohem_nms, self.ohem_pos_ratio = ohem_batch_size, ohem_nms, ohem_pos_ratio
+        self.normalizer_ema: Optional[float] = None  # state, saved in checkpoints
+
+    def state_dict(self) -> dict:
+        return {"normalizer_ema": self.normalizer_ema}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.normalizer_ema = state.get("normalizer_ema")
+
+    def _normalizer(self, num_foreground: int) -> float:
+        if self.normalizer_momentum <= 0:
+            return max(1.0, float(num_foreground))
+        m = self.normalizer_momentum
+        self.normalizer_ema = (float(num_foreground) if self.normalizer_ema is None
+                               else m * self.normalizer_ema + (1 - m) * num_foreground)
+        return max(1.0, self.normalizer_ema)
+
+    def __call__(self, cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,
+                 labels: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor) -> LossOutput:
+        """
+        Args:
+            cls_logits: (N, R, K); box_deltas: (N, R, 4); anchors: (R, 4).
+            labels: (N, R) from :func:`retina.boxes.match_anchors`.
+            gt_boxes: (N, G, 4), gt_labels: (N, G) contiguous class of each padded gt box.
+        """
+        n, r, k = cls_logits.shape
+        fg = labels >= 0  # (N, R)
+        num_fg = int(fg.sum())
+        matched = labels.clamp(min=0)  # (N, R) gt index (garbage where not fg)
+        targets = torch.zeros_like(cls_logits, dtype=torch.float32)
+        fg_img, fg_anchor = fg.nonzero(as_tuple=True)
+        targets[fg_img, fg_anchor, gt_labels[fg_img, matched[fg_img, fg_anchor]]] = 1.0
+
+        per_element = focal_loss(cls_logits, targets, self.alpha, self.gamma)  # (N, R, K)
+        if self.kind == "ohem":
+            per_anchor = per_element.sum(dim=2)  # (N, R)
+            kept = torch.stack([
+                ohem_select(per_anchor[i].detach(), anchors, labels[i], self.ohem_batch_size, self.ohem_nms,
+                            self.ohem_pos_ratio) for i in range(n)])
+            cls_sum = (per_anchor * kept).sum()
+        else:
+            cls_sum = (per_element * (labels != IGNORE).unsqueeze(2)).sum()
+
+        if num_fg:
+            matched_boxes = gt_boxes[fg_img, matched[fg_img, fg_anchor]]  # (F, 4)
+            box_sum = box_loss(box_deltas[fg_img, fg_anchor], anchors[fg_anchor], matched_boxes,
+                               self.smooth_l1_beta)
+        else:
+            box_sum = box_deltas.sum() * 0.0
+        norm = self._normalizer(num_fg)
+        return LossOutput(cls_sum / norm, self.box_weight * box_sum / norm, num_fg)
+
+
+def from_config(cfg) -> RetinaLoss:
+    """``cfg``: the ``loss`` section of a RetinaConfig."""
+    return RetinaLoss(cfg.kind, cfg.alpha, cfg.gamma, cfg.smooth_l1_beta, cfg.box_weight, cfg.normalizer_momentum,
+                      cfg.ohem_batch_size, cfg.ohem_nms, cfg.ohem_pos_ratio)

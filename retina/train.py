@@ -1,0 +1,406 @@
+"""The training loop: ``fit(config, on_metrics=...) -> metrics``, and its CLI.
+
+    python -m retina.train [CONFIG.yaml | --profile NAME] [key=value ...]
+
+trains, evaluates on the validation split with pycocotools, and writes the resolved config, the
+metrics JSON and the final checkpoint to ``output_dir``. This module never imports Ray or MLflow: the
+orchestrator drives it through the ``on_metrics`` / ``on_checkpoint`` callbacks.
+
+Reproducibility: the data order and the flips are a pure function of (seed, position in the
+stream), the learning rate a pure function of the iteration, and a checkpoint holds model,
+optimizer, loss-normalizer and RNG state; so a run resumed from iteration i continues exactly as the
+uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import config as config_lib
+from .boxes import match_anchors, pad_targets
+from .data import CocoDetection, collate, ensure_synthetic
+from .evaluate import evaluate_coco
+from .losses import from_config as loss_from_config
+from .model import RetinaNet, from_config as model_from_config
+from .predict import predict
+
+log = logging.getLogger("retina.train")
+
+MetricsCallback = Callable[[Dict[str, float]], None]
+CheckpointCallback = Callable[[str, int], None]
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule and data order
+
+
+def learning_rate(cfg_train, iteration: int) -> float:
+    """lr at 0-based ``iteration``: linear warm-up from ``warmup_factor`` to 1, then x lr_gamma at each
+    step (fractions of the run)."""
+    t = cfg_train
+    factor = 1.0
+    if iteration < t.warmup_iters:
+        alpha = iteration / t.warmup_iters
+        factor = t.warmup_factor * (1 - alpha) + alpha
+    steps_passed = sum(iteration >= int(round(s * t.iterations)) for s in t.lr_steps)
+    return t.lr * factor * t.lr_gamma ** steps_passed
+
+
+class StreamBatchSampler(torch.utils.data.Sampler):
+    """Batches of (index, flip) drawn from an endless stream of epochs, starting at ``start_iteration``.
+
+    Epoch e is a permutation seeded by (seed, e); the flip of the p-th sample of the stream is seeded
+    by (seed, p). Both are independent of workers and of where a run was interrupted.
+    """
+
+    def __init__(self, num_images: int, batch_size: int, iterations: int, seed: int, flip_prob: float,
+                 start_iteration: int = 0):
+        self.num_images, self.batch_size = num_images, batch_size
+        self.iterations, self.seed, self.flip_prob = iterations, seed, flip_prob
+        self.start_iteration = start_iteration
+
+    def __len__(self) -> int:
+        return self.iterations - self.start_iteration
+
+    def _epoch(self, epoch: int) -> List[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_images, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[List[Tuple[int, bool]]]:
+        flips = torch.Generator()
+        cached_epoch, order = -1, []
+        for it in range(self.start_iteration, self.iterations):
+            batch = []
+            for p in range(it * self.batch_size, (it + 1) * self.batch_size):
+                epoch, pos = divmod(p, self.num_images)
+                if epoch != cached_epoch:
+                    cached_epoch, order = epoch, self._epoch(epoch)
+                flips.manual_seed(self.seed * 7_919 + p)
+                batch.append((order[pos], bool(torch.rand((), generator=flips) < self.flip_prob)))
+            yield batch
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise config_lib.ConfigError("train.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def dataset_paths(cfg: DictConfig) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """(train, val) {annotations, images} paths: generated synthetic data or the configured COCO files."""
+    if cfg.data.source == "synthetic":
+        return ensure_synthetic(cfg.data.synthetic)
+    return dict(cfg.data.train), dict(cfg.data.val)
+
+
+def build_datasets(cfg: DictConfig) -> Tuple[CocoDetection, CocoDetection]:
+    train_paths, val_paths = dataset_paths(cfg)
+    d = cfg.data
+    train = CocoDetection(train_paths["annotations"], train_paths["images"], train=True,
+                          min_size=d.min_size, max_size=d.max_size, flip_prob=d.flip_prob)
+    val = CocoDetection(val_paths["annotations"], val_paths["images"], train=False,
+                        min_size=d.min_size, max_size=d.max_size)
+    if train.category_ids != val.category_ids:
+        raise config_lib.ConfigError(
+            f"{val_paths['annotations']}: categories differ from {train_paths['annotations']}; "
+            "expected the same category ids in both splits")
+    return train, val
+
+
+def make_loader(dataset, batch_sampler, cfg: DictConfig, device: torch.device):
+    workers = cfg.data.num_workers
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=workers,
+        collate_fn=partial(collate, size_divisibility=cfg.data.size_divisibility),
+        pin_memory=device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None)
+
+
+def val_loader(dataset: CocoDetection, cfg: DictConfig, device: torch.device):
+    n = len(dataset.image_ids)
+    if cfg.data.max_val_images is not None:
+        n = min(n, cfg.data.max_val_images)
+    b = cfg.eval.batch_size
+    batches = [list(range(i, min(i + b, n))) for i in range(0, n, b)]
+    return make_loader(dataset, batches, cfg, device), dataset.image_ids[:n]
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model, optimizer, loss_fn, iteration: int, cfg: DictConfig,
+                    extra: Optional[dict] = None) -> None:
+    """Atomically write a checkpoint loadable with ``torch.load(..., weights_only=True)``."""
+    state = {
+        "iteration": iteration,  # iterations completed
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "loss": loss_fn.state_dict(),
+        "rng": _rng_state(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "num_classes": model.num_classes,
+        "extra": extra or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# fit
+
+
+@dataclass
+class _Window:
+    """Running sums between two on_metrics calls."""
+    loss_cls: float = 0.0
+    loss_box: float = 0.0
+    num_fg: float = 0.0
+    steps: int = 0
+    images: int = 0
+    data_wait: float = 0.0
+    start: float = 0.0
+
+
+def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
+        on_checkpoint: Optional[CheckpointCallback] = None, checkpoint_dir: Optional[str] = None,
+        resume_from: Optional[str] = None) -> Dict[str, object]:
+    """Train and evaluate one RetinaNet.
+
+    Args:
+        cfg: a validated RetinaConfig (see :func:`retina.config.load_config`).
+        on_metrics: called every ``train.log_every`` iterations with {iteration, loss_cls, loss_box,
+            loss, lr, images_per_s, num_foreground, data_wait_share, elapsed_s, eta_s}, and once at
+            the end with the final metrics.
+        on_checkpoint: called with (path, iteration) after each checkpoint is written.
+        checkpoint_dir: where to write ``checkpoint.pt`` every ``train.checkpoint_every`` iterations
+            and at the end; None: no checkpoints.
+        resume_from: a checkpoint to continue from (its iteration, weights, optimizer, RNG).
+    Returns:
+        metrics: status ("finished" or "diverged"), iterations, diverged_at, AP, AP50, AP75, APs,
+        APm, APl (percent), inference_ms, train_time_s, train_images_per_s, eval_summary, ...
+    """
+    t = cfg.train
+    device = resolve_device(t.device)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    random.seed(t.seed)
+    torch.manual_seed(t.seed)
+
+    train_set, val_set = build_datasets(cfg)
+    model: RetinaNet = model_from_config(cfg, train_set.num_classes).to(device)
+    if cfg.model.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    loss_fn = loss_from_config(cfg.loss)
+    use_amp = t.amp and device.type == "cuda"
+
+    start_iteration = 0
+    if resume_from:
+        state = load_checkpoint(resume_from, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loss_fn.load_state_dict(state["loss"])
+        _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
+        start_iteration = int(state["iteration"])
+        log.info("resumed from %s at iteration %d", resume_from, start_iteration)
+
+    sampler = StreamBatchSampler(len(train_set), t.batch_size, t.iterations, t.seed, cfg.data.flip_prob,
+                                 start_iteration)
+    loader = make_loader(train_set, sampler, cfg, device)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+
+    def checkpoint(iteration: int) -> None:
+        if ckpt_path is None:
+            return
+        save_checkpoint(ckpt_path, model, optimizer, loss_fn, iteration, cfg)
+        if on_checkpoint:
+            on_checkpoint(str(ckpt_path), iteration)
+
+    model.train()
+    status, diverged_at = "finished", None
+    window = _Window(start=time.perf_counter())
+    train_start = time.perf_counter()
+    images_seen = 0
+    iteration = start_iteration
+    wait_start = time.perf_counter()
+    for batch in loader:
+        window.data_wait += time.perf_counter() - wait_start
+        lr = learning_rate(t, iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = batch["images"].to(device, non_blocking=True)
+        if cfg.model.channels_last and device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = model(images)
+        gt_boxes, gt_labels, gt_crowd, gt_valid = pad_targets(batch["boxes"], batch["labels"], batch["iscrowd"], device)
+        labels = match_anchors(out["anchors"], gt_boxes, gt_valid, gt_crowd, cfg.matcher.fg_iou, cfg.matcher.bg_iou,
+                               cfg.matcher.allow_low_quality_matches)
+        losses = loss_fn(out["cls_logits"], out["box_deltas"], out["anchors"], labels, gt_boxes, gt_labels)
+        loss = losses.total
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            status, diverged_at = "diverged", iteration + 1
+            log.warning("non-finite loss (%s) at iteration %d: stopping", loss_value, diverged_at)
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
+        optimizer.step()
+        iteration += 1
+        images_seen += images.shape[0]
+        window.loss_cls += float(losses.loss_cls.detach())
+        window.loss_box += float(losses.loss_box.detach())
+        window.num_fg += losses.num_foreground
+        window.steps += 1
+        window.images += images.shape[0]
+
+        if iteration % t.log_every == 0 or iteration == t.iterations:
+            now = time.perf_counter()
+            dt = max(now - window.start, 1e-9)
+            rate = window.images / dt
+            metrics = {
+                "iteration": iteration,
+                "loss_cls": window.loss_cls / window.steps,
+                "loss_box": window.loss_box / window.steps,
+                "loss": (window.loss_cls + window.loss_box) / window.steps,
+                "lr": lr,
+                "images_per_s": rate,
+                "num_foreground": window.num_fg / window.steps,
+                "data_wait_share": window.data_wait / dt,
+                "elapsed_s": now - train_start,
+                "eta_s": (t.iterations - iteration) * t.batch_size / max(rate, 1e-9),
+            }
+            if on_metrics:
+                on_metrics(metrics)
+            window = _Window(start=time.perf_counter())
+        if t.checkpoint_every and iteration % t.checkpoint_every == 0 and iteration < t.iterations:
+            checkpoint(iteration)
+        wait_start = time.perf_counter()
+
+    train_time = time.perf_counter() - train_start
+    result: Dict[str, object] = {
+        "status": status,
+        "iterations": iteration,
+        "diverged_at": diverged_at,
+        "train_time_s": train_time,
+        "train_images_per_s": images_seen / max(train_time, 1e-9),
+        "num_classes": train_set.num_classes,
+        "num_train_images": len(train_set),
+        "device": str(device),
+    }
+    if status == "diverged":
+        # A diverged model has no meaningful detections: AP 0 by definition, recorded, not raised.
+        result.update({k: 0.0 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
+        result.update({"inference_ms": float("nan"), "eval_summary": f"diverged at iteration {diverged_at}",
+                       "num_val_images": 0})
+    else:
+        checkpoint(iteration)
+        loader_val, image_ids = val_loader(val_set, cfg, device)
+        detections, inference_ms = predict(model, loader_val, val_set.category_ids, cfg, device)
+        scores = evaluate_coco(val_set.coco, detections, image_ids)
+        result.update({k: v for k, v in scores.items() if k != "summary"})
+        result.update({"inference_ms": inference_ms, "eval_summary": scores["summary"],
+                       "num_val_images": len(image_ids), "num_detections": len(detections)})
+    if on_metrics:
+        on_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None})
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress_printer(total: int, stream=sys.stderr) -> MetricsCallback:
+    def show(m: Dict[str, float]) -> None:
+        if "iteration" in m and "loss" in m:
+            print(f"it {int(m['iteration']):>6}/{total} | loss {m['loss']:.4f} (cls {m['loss_cls']:.4f} "
+                  f"box {m['loss_box']:.4f}) | lr {m['lr']:.5f} | {m['images_per_s']:.1f} img/s | "
+                  f"ETA {_format_eta(m['eta_s'])}", file=stream, flush=True)
+    return show
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m retina.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", nargs="?", help="a YAML config (merged over the profile)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+    parser.add_argument("--profile", default=config_lib.DEFAULT_PROFILE, help="cpu (default), gpu or paper")
+    parser.add_argument("--resume", help="a checkpoint.pt to continue from")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    files, overrides = [], list(args.overrides)
+    if args.config:
+        if "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+            overrides.insert(0, args.config)
+        else:
+            files.append(args.config)
+    try:
+        cfg = config_lib.load_config(args.profile, files, overrides, check_paths=True)
+        out = Path(cfg.output_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+        from .data import DataError
+
+        try:
+            build_datasets(cfg)  # fail on bad data before creating anything
+        except DataError as e:
+            raise config_lib.ConfigError(str(e)) from None
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config_lib.to_yaml(cfg))
+    print(f"training {cfg.train.iterations} iterations x {cfg.train.batch_size} images "
+          f"(ResNet-{cfg.model.depth}-FPN-{cfg.model.fpn_channels}, {cfg.data.min_size} px, "
+          f"loss {cfg.loss.kind} alpha {cfg.loss.alpha} gamma {cfg.loss.gamma}) -> {out}", file=sys.stderr)
+    metrics = fit(cfg, on_metrics=progress_printer(cfg.train.iterations), checkpoint_dir=str(out),
+                  resume_from=args.resume)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(metrics.get("eval_summary", ""), file=sys.stderr)
+    print(json.dumps({k: metrics[k] for k in ("status", "iterations", "AP", "AP50", "AP75", "inference_ms")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Model structure and initialization."""
+import math
+
+import pytest
+import torch
+
+from retina.anchors import AnchorGenerator
+from retina.model import RetinaNet, prior_bias
+
+
+def test_prior_init_gives_mean_score_pi_on_random_input():
+    torch.manual_seed(0)
+    model = RetinaNet(5, depth=18, fpn_channels=64, head_convs=2, prior_prob=0.01).eval()
+    with torch.no_grad():
+        scores = torch.sigmoid(model(torch.randn(2, 3, 128, 128))["cls_logits"])
+    assert scores.mean().item() == pytest.approx(0.01, rel=0.05)
+
+
+def test_prior_off_gives_mean_score_one_half():
+    torch.manual_seed(0)
+    model = RetinaNet(5, depth=18, fpn_channels=64, head_convs=2, prior_init=False).eval()
+    with torch.no_grad():
+        scores = torch.sigmoid(model(torch.randn(2, 3, 128, 128))["cls_logits"])
+    assert scores.mean().item() == pytest.approx(0.5, abs=0.02)
+    assert prior_bias(0.01) == pytest.approx(-math.log(99))
+
+
+def test_subnet_init_is_gaussian_001_with_zero_bias():
+    model = RetinaNet(3, depth=18, fpn_channels=128, head_convs=4)
+    conv = model.box_subnet.tower[0]
+    assert conv.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert conv.bias.abs().max().item() == 0.0
+
+
+def test_subnets_have_separate_parameters_and_configured_depth():
+    model = RetinaNet(3, depth=18, fpn_channels=64, head_convs=3)
+    convs = [m for m in model.cls_subnet.tower if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3
+    cls_ids = {id(p) for p in model.cls_subnet.parameters()}
+    assert not cls_ids & {id(p) for p in model.box_subnet.parameters()}
+
+
+def test_p6_comes_from_c5_and_p7_from_relu_p6():
+    model = RetinaNet(3, depth=50, fpn_channels=256, head_convs=1)
+    assert model.fpn.p6.in_channels == 2048  # C5 of ResNet-50, not P5
+    c5 = torch.randn(1, 2048, 4, 4)
+    expected_p7 = model.fpn.p7(torch.relu(model.fpn.p6(c5)))
+    c3, c4 = torch.randn(1, 512, 16, 16), torch.randn(1, 1024, 8, 8)
+    torch.testing.assert_close(model.fpn([c3, c4, c5])[4], expected_p7)
+
+
+def test_output_shapes_follow_anchors():
+    model = RetinaNet(7, depth=18, fpn_channels=32, head_convs=1,
+                      anchor_generator=AnchorGenerator(8, 2, [1.0, 2.0])).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 96))
+    r = out["anchors"].shape[0]
+    assert r == 4 * sum(h * w for h, w in out["shapes"])
+    assert out["cls_logits"].shape == (2, r, 7) and out["box_deltas"].shape == (2, r, 4)
+
+
+def test_postprocess_keeps_at_most_max_detections_with_classwise_nms():
+    torch.manual_seed(0)
+    model = RetinaNet(2, depth=18, fpn_channels=32, head_convs=1, prior_init=False).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 128))
+        out["cls_logits"].normal_(0, 3)
+        dets = model.postprocess(out, [(128, 128)], max_detections=50)[0]
+    assert 0 < len(dets["scores"]) <= 50
+    assert bool((dets["scores"] > 0.05).all())
+    assert dets["boxes"].min() >= 0 and dets["boxes"].max() <= 128
+    from torchvision.ops import box_iou
+    for c in (0, 1):  # after NMS no two same-class boxes overlap above 0.5
+        b = dets["boxes"][dets["labels"] == c]
+        iou = box_iou(b, b).fill_diagonal_(0)
+        assert iou.numel() == 0 or iou.max() <= 0.5 + 1e-6
