@@ -26,7 +26,14 @@ DEFAULT_PROFILE = "cpu"
 
 
 class ConfigError(ValueError):
-    """A user's configuration mistake; its message is one line: where, which key, what is right."""
+    """A user's configuration mistake; its message is one line: where, which key, what is right.
+
+    ``key`` and ``detail`` are set for range errors so a caller that knows which file or override
+    set the key can name it (see :func:`load_config`)."""
+
+    def __init__(self, message: str, key: Optional[str] = None, detail: Optional[str] = None):
+        super().__init__(message)
+        self.key, self.detail = key, detail
 
 
 @dataclass
@@ -287,24 +294,37 @@ def load_config(
     extra: Optional[dict] = None,
     check_paths: bool = False,
 ) -> DictConfig:
-    """Schema <- profile <- YAML files <- ``extra`` dict <- ``key=value`` overrides, then validated."""
-    cfg = schema()
+    """Schema <- profile <- YAML files <- ``extra`` dict <- ``key=value`` overrides, then validated.
+
+    A value out of range is reported against the source that set it (file, "command line", ...)."""
+    sources = []  # (where, overrides) in merge order
     if profile:
         path = profile_path(profile)
-        cfg = merge_into(cfg, read_yaml(path), str(path))
-    for f in files:
-        cfg = merge_into(cfg, read_yaml(f), str(f))
+        sources.append((str(path), read_yaml(path)))
+    sources += [(str(f), read_yaml(f)) for f in files]
     if extra:
-        cfg = merge_into(cfg, extra, "config")
+        sources.append(("config", extra))
     overrides = list(overrides)
     if overrides:
-        cfg = merge_into(cfg, parse_dotlist(overrides), "command line")
-    validate(cfg, check_paths=check_paths)
+        sources.append(("command line", parse_dotlist(overrides)))
+    cfg = schema()
+    for where, values in sources:
+        cfg = merge_into(cfg, values, where)
+    try:
+        validate(cfg, check_paths=check_paths)
+    except ConfigError as e:
+        if e.key is None:
+            raise
+        setters = [where for where, values in sources if e.key in _flatten(OmegaConf.to_container(
+            OmegaConf.create(values)))]
+        where = setters[-1] if setters else "config (default value)"
+        raise ConfigError(f"{where}: {e.detail}", key=e.key, detail=e.detail) from None
     return cfg
 
 
 def _fail(where: str, key: str, value: Any, expected: str) -> None:
-    raise ConfigError(f"{where}: {key}={value!r} is out of range; expected {expected}")
+    detail = f"{key}={value!r} is out of range; expected {expected}"
+    raise ConfigError(f"{where}: {detail}", key=key, detail=detail)
 
 
 def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) -> None:

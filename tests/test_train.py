@@ -74,3 +74,71 @@ def test_non_finite_loss_stops_with_status_diverged_and_a_result(tmp_path):
     assert result["status"] == "diverged"
     assert 1 <= result["diverged_at"] < 30 and result["iterations"] == result["diverged_at"] - 1
     assert result["AP"] == 0.0 and result["AP50"] == 0.0
+
+
+def test_model_overfits_a_few_synthetic_images(tmp_path):
+    """Four images, trained and evaluated on themselves: AP50 >= 90 proves the whole path (targets,
+    losses, decoding, id mapping, evaluation) is consistent."""
+    from retina.data import ensure_synthetic
+
+    syn = ["data.synthetic.num_train=4", "data.synthetic.num_val=1", "data.synthetic.image_size=96",
+           "data.synthetic.min_object_size=16", "data.synthetic.max_object_size=72", "data.synthetic.max_objects=2",
+           f"data.synthetic.cache_dir={tmp_path}"]
+    train, _ = ensure_synthetic(load_config("cpu", overrides=syn).data.synthetic)
+    cfg = load_config("cpu", overrides=syn + [
+        "data.source=coco", f"data.train.annotations={train['annotations']}", f"data.train.images={train['images']}",
+        f"data.val.annotations={train['annotations']}", f"data.val.images={train['images']}",
+        "data.min_size=96", "data.max_size=96", "data.flip_prob=0", "train.batch_size=4", "train.iterations=100",
+        "train.warmup_iters=10", "model.head_norm=group", "train.num_threads=2"])
+    result = fit(cfg)
+    assert result["status"] == "finished"
+    assert result["AP50"] >= 90.0, result["eval_summary"]
+
+
+def test_train_cli_writes_config_metrics_and_checkpoint(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "retina.train", *TINY, "train.iterations=2",
+            f"data.synthetic.cache_dir={tmp_path / 'synthetic'}", f"output_dir={out}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["iterations"] == 2 and "AP50" in metrics
+    assert "loss:" in (out / "config.yaml").read_text()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 2
+    assert "it      2/2" in proc.stderr  # the progress line
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("loss.alpah=0.5", "did you mean 'loss.alpha'"),
+    ("loss.alpha=2", "command line: loss.alpha=2.0 is out of range"),
+    ("data.source=coco", "data.train.annotations"),
+])
+def test_train_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, override, expected):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "retina.train", override, f"output_dir={out}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+    assert not out.exists()
+
+
+def test_short_training_on_bccd_beats_an_untrained_model(bccd, tmp_path):
+    """Real data (blood-cell microscopy, 292 training images): 100 iterations of 4 images at 160 px
+    already give AP50 far above the untrained model's (measured: ~36 AP50 after 150 iterations at 192 px)."""
+    ann = bccd / "annotations"
+    base = ["data.source=coco", f"data.train.annotations={ann / 'instances_train.json'}",
+            f"data.train.images={bccd / 'images'}", f"data.val.annotations={ann / 'instances_val.json'}",
+            f"data.val.images={bccd / 'images'}", "data.min_size=160", "data.max_size=214",
+            "train.batch_size=4", "train.warmup_iters=20", "model.head_norm=group", "train.num_threads=2"]
+    untrained = fit(load_config("cpu", overrides=base + ["train.iterations=1", "train.lr=1e-9"]))
+    trained = fit(load_config("cpu", overrides=base + ["train.iterations=100", "train.lr=0.01"]))
+    assert trained["status"] == "finished"
+    assert trained["AP50"] >= untrained["AP50"] + 10.0, (untrained["AP50"], trained["AP50"])
