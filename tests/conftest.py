@@ -29,3 +29,37 @@ def coco32() -> Path:
 @pytest.fixture(scope="session")
 def bccd() -> Path:
     return _shared_dataset("bccd")
+
+
+# ----------------------------------------------------------------------------------------------
+# orchestrator: one Ray for the whole test session, and tiny settings for end-to-end sweeps
+
+# A sweep small enough for CI: 64 px synthetic images, a 1-conv FPN-32 head, a few iterations.
+TINY_SETTINGS = [
+    "train.iterations=6", "train.log_every=2", "train.checkpoint_every=3", "train.batch_size=4",
+    "data.synthetic.num_train=16", "data.synthetic.num_val=8", "data.synthetic.image_size=64",
+    "data.synthetic.max_object_size=48", "data.min_size=64", "data.max_size=64", "anchors.base_size=4",
+    "model.fpn_channels=32", "model.head_convs=1", "eval.batch_size=8",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray started once per session (~5 s), shared by every in-process sweep run."""
+    import ray
+
+    from orchestrator.runner import start_ray
+
+    cluster = start_ray(None)
+    yield cluster
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def orchestrator_dirs(tmp_path_factory):
+    """A tracking store, a storage path and a synthetic-data cache for the session's sweeps."""
+    root = tmp_path_factory.mktemp("orchestrator")
+    dirs = {"root": root, "uri": f"sqlite:///{root / 'mlflow.db'}", "db": root / "mlflow.db",
+            "storage": root / "ray", "cache": root / "synthetic"}
+    dirs["settings"] = TINY_SETTINGS + [f"data.synthetic.cache_dir={dirs['cache']}"]
+    return dirs

@@ -1,0 +1,426 @@
+"""Everything Ray: the only module of the project that imports it.
+
+``run_trials`` runs a list of trials as one Ray Tune experiment: a function trainable calls
+``retina.train.fit`` on whichever node Ray places it, reports metrics every log interval and a
+checkpoint every time fit writes one; a driver-side Tune callback forwards each event to listeners
+(the MLflow tracker and the live view), so only the driver ever writes to the tracking store.
+
+Ray's reporting API has been renamed several times; it is used only through :func:`_report` and
+:func:`_restored_checkpoint` below (``ray.tune.report`` / ``ray.tune.get_checkpoint`` in Ray 2.60).
+
+Resuming: a trial that Tune retries (``FailureConfig(max_failures)``: a raised error, a lost node)
+restarts from the checkpoint Tune restores; a trial that a killed driver left behind restarts, in a
+new driver, from the checkpoint path the driver passes in (``resume_from``, read from MLflow).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Protocol, Sequence
+
+import ray
+from ray import tune
+
+from retina.config import PROJECT_ROOT
+
+DEFAULT_STORAGE = PROJECT_ROOT / "runs" / "ray"
+CHECKPOINT_META = "trial_checkpoint.json"  # beside checkpoint.pt: {"iteration", "trial_key"}
+TEXT_RESULT_KEYS = ("status", "eval_summary", "device")
+
+
+class RunnerError(ValueError):
+    """Ray cannot run the sweep as asked (unreachable cluster, resources it lacks); one line."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray's trial-side API, behind one function each
+
+
+def _report(metrics: Dict[str, Any], checkpoint_dir: Optional[str] = None) -> None:
+    """Report ``metrics`` (and the checkpoint directory, which Tune copies to storage) to the driver."""
+    checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def _restored_checkpoint() -> Optional[Any]:
+    """The checkpoint Tune restored this trial from (after a failure), or None."""
+    return tune.get_checkpoint()
+
+
+def _checkpoint_at(uri: str) -> Any:
+    """A checkpoint directory at a local path or a storage URI (s3://, gs://, ...)."""
+    return tune.Checkpoint(uri)
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainable (runs in a Ray worker)
+
+
+def _device_name(cfg) -> str:
+    import torch
+
+    from retina.train import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def train_trial(config: Dict[str, Any], specs: Dict[str, Dict[str, Any]]) -> None:
+    """One trial: ``config["trial_key"]`` selects its spec {config, resume_from}; fit runs to the end.
+
+    Reports, in order: {"event": "start"}, {"event": "progress", ...} every log interval,
+    {"event": "checkpoint", "iteration"} with each checkpoint, and {"event": "final", ...}.
+    A diverged run is a normal result (status "diverged"); an exception fails the trial.
+    """
+    from retina import config as config_lib
+    from retina.train import fit
+
+    key = config["trial_key"]
+    spec = specs[key]
+    cfg = config_lib.from_container(spec["config"])
+    workdir = tempfile.mkdtemp(prefix=f"retina-{key}-")
+    try:
+        resumed_from, resume_path, start_iteration = None, None, 0
+        restored = _restored_checkpoint()
+        source = restored if restored is not None else (
+            _checkpoint_at(spec["resume_from"]) if spec.get("resume_from") else None)
+        if source is not None:
+            source.to_directory(workdir)
+            meta = json.loads((Path(workdir) / CHECKPOINT_META).read_text())
+            resume_path = str(Path(workdir) / "checkpoint.pt")
+            start_iteration = int(meta["iteration"])
+            resumed_from = "tune retry" if restored is not None else spec["resume_from"]
+        _report({"event": "start", "start_iteration": start_iteration, "device": _device_name(cfg),
+                 "host": socket.gethostname(), "resumed_from": resumed_from or ""})
+
+        def on_metrics(metrics: Dict[str, Any]) -> None:
+            if "iteration" in metrics and "loss" in metrics:  # not fit's final summary
+                _report({"event": "progress", **metrics})
+
+        def on_checkpoint(path: str, iteration: int) -> None:
+            (Path(path).parent / CHECKPOINT_META).write_text(json.dumps({"iteration": iteration, "trial_key": key}))
+            _report({"event": "checkpoint", "iteration": iteration}, checkpoint_dir=str(Path(path).parent))
+
+        result = fit(cfg, on_metrics=on_metrics, on_checkpoint=on_checkpoint, checkpoint_dir=workdir,
+                     resume_from=resume_path)
+        final = {k: v for k, v in result.items()
+                 if k in TEXT_RESULT_KEYS or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+        final["eval_summary"] = str(result.get("eval_summary", ""))
+        _report({"event": "final", **final})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# driver side
+
+
+class TrialListener(Protocol):
+    def trial_started(self, key: str) -> None: ...
+    def trial_running(self, key: str, info: Dict[str, Any]) -> None: ...
+    def trial_progress(self, key: str, metrics: Dict[str, Any]) -> None: ...
+    def trial_checkpoint(self, key: str, path: str, iteration: int) -> None: ...
+    def trial_finished(self, key: str, result: Dict[str, Any]) -> None: ...
+    def trial_failed(self, key: str, error: str) -> None: ...
+    def trial_retrying(self, key: str, error: str) -> None: ...
+    def trial_interrupted(self, key: str) -> None: ...
+
+
+class _Forward(tune.Callback):
+    """Tune callback (driver process): turns Tune's trial events into listener calls."""
+
+    def __init__(self, listeners: Sequence[TrialListener]):
+        self.listeners = list(listeners)
+        self.final: Dict[str, Dict[str, Any]] = {}
+        self.checkpoint_iteration: Dict[str, int] = {}
+        self.ended: set = set()
+        self.started: set = set()
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks into the experiment state (tuner.pkl). The listeners live in
+        # this driver only (an MLflow client, a terminal); a restored copy has none.
+        return {**self.__dict__, "listeners": []}
+
+    def _each(self, method: str, *args) -> None:
+        for listener in self.listeners:
+            getattr(listener, method)(*args)
+
+    @staticmethod
+    def _key(trial) -> str:
+        return trial.config["trial_key"]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        key = self._key(trial)
+        if key not in self.started:  # a Tune retry restarts the same trial: one start per trial
+            self.started.add(key)
+            self._each("trial_started", key)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        key, event = self._key(trial), result.get("event")
+        if event == "start":
+            self._each("trial_running", key, {k: result.get(k) for k in
+                                              ("start_iteration", "device", "host", "resumed_from")})
+        elif event == "progress":
+            self._each("trial_progress", key, {k: v for k, v in result.items() if k != "event"})
+        elif event == "checkpoint":
+            self.checkpoint_iteration[key] = int(result["iteration"])
+        elif event == "final":
+            self.final[key] = {k: v for k, v in result.items() if k != "event"}
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        key = self._key(trial)
+        self._each("trial_checkpoint", key, _checkpoint_uri(checkpoint), self.checkpoint_iteration.get(key, 0))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        key = self._key(trial)
+        self.ended.add(key)
+        if key in self.final:
+            self._each("trial_finished", key, self.final[key])
+        else:
+            self._each("trial_failed", key, "the trial ended without a final result")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # FailureConfig: the trial raised (or lost its node) and restarts from its latest checkpoint
+        self._each("trial_retrying", self._key(trial), _error_text(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        key = self._key(trial)
+        self.ended.add(key)
+        self._each("trial_failed", key, _error_text(trial))
+
+
+def _checkpoint_uri(checkpoint) -> str:
+    fs = getattr(checkpoint, "filesystem", None)
+    kind = getattr(fs, "type_name", "local")
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def _error_text(trial) -> str:
+    """The latest error of ``trial``: Tune appends each to the trial's local error file
+    ("Failure # N (occurred at ...)" then the traceback); the synced copy may lag behind."""
+    text = ""
+    try:
+        path = trial.error_file
+        if path and os.path.isfile(path):
+            text = Path(path).read_text(errors="replace")
+            text = re.split(r"^Failure # \d+.*$", text, flags=re.M)[-1].strip()
+        if not text:
+            error = trial.get_error()
+            text = str(error) if error else ""
+    except Exception:  # noqa: BLE001 - an unreadable error file must not fail the sweep
+        pass
+    return text or f"trial {trial.trial_id} failed (no error text; see {trial.path})"
+
+
+@dataclass
+class TrialSpec:
+    key: str
+    config: Dict[str, Any]  # resolved config as a plain container
+    resume_from: Optional[str] = None  # checkpoint path / URI from a previous driver
+
+
+@dataclass
+class Resources:
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: Optional[int]
+    slots: int  # trials that can run at once on this cluster within these limits
+
+
+@dataclass
+class Cluster:
+    address: Optional[str]  # None: local Ray started here
+    started_here: bool
+    cpus: float
+    gpus: float
+    node_cpus: List[float] = field(default_factory=list)
+    node_gpus: List[float] = field(default_factory=list)
+
+
+def check_address(address: Optional[str], timeout_s: float = 3.0) -> Optional[str]:
+    """The host:port of the cluster to join (None: start a local Ray); unreachable -> RunnerError.
+
+    Opens a TCP connection to the cluster's GCS with a short timeout: nothing is started or written.
+    """
+    if not address or address == "local":
+        return None
+    raw = address
+    if address.startswith("ray://"):
+        host_port = address[len("ray://"):]
+    else:
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            host_port = canonicalize_bootstrap_address(address)
+        except Exception as e:  # noqa: BLE001 - "auto" with no cluster, or a malformed address
+            raise RunnerError(f"cannot find the Ray cluster at {raw!r} ({str(e).splitlines()[0][:160]}); "
+                              "start one with `ray start --head` or drop --address / RAY_ADDRESS") from None
+        if host_port is None:
+            return None
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise RunnerError(f"Ray address {raw!r} is not of the form host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise RunnerError(f"cannot reach the Ray cluster at {raw} ({e.strerror or e}); start it with "
+                          "`ray start --head` or drop --address / RAY_ADDRESS") from None
+    return address
+
+
+_EXCLUDES = [".git", ".cache", "runs", "mlruns", "mlflow.db", "results", "outputs", "*.egg-info", ".pytest_cache",
+             "__pycache__", ".devbundle"]
+
+
+def start_ray(address: Optional[str], verbose: bool = False) -> Cluster:
+    """Join the cluster at ``address`` or start a local Ray in this process (~4 s); reuse one that
+    is already initialized (tests start one per session)."""
+    started = False
+    if not ray.is_initialized():
+        common = dict(logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose,
+                      include_dashboard=False, configure_logging=True)
+        if address:
+            # Workers elsewhere need the code: ship the project (data, runs and stores excluded) unless
+            # it is installed on every node. Local workers find it on PYTHONPATH.
+            runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": _EXCLUDES}
+            try:
+                ray.init(address=address, runtime_env=runtime_env, **common)
+            except Exception as e:  # noqa: BLE001 - reachable but refused: auth, version mismatch, ...
+                raise RunnerError(_connect_error(address, e)) from None
+        else:
+            path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+            # address="local": a new Ray of our own, even if `ray start` left one running here.
+            ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": path}}, **common)
+        started = True
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    node_cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
+    node_gpus = [float(n.get("Resources", {}).get("GPU", 0)) for n in nodes]
+    return Cluster(address=address, started_here=started, cpus=sum(node_cpus), gpus=sum(node_gpus),
+                   node_cpus=node_cpus, node_gpus=node_gpus)
+
+
+def _connect_error(address: str, error: BaseException) -> str:
+    chain, e = [], error
+    while e is not None and len(chain) < 5:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    text = "\n".join(chain)
+    if "AuthenticationError" in text or "InvalidAuthToken" in text:
+        return (f"the Ray cluster at {address} refused this driver (token authentication); give the driver the "
+                "cluster's token (RAY_AUTH_MODE=token with ~/.ray/auth_token or RAY_AUTH_TOKEN, see Ray's token-auth "
+                "docs)")
+    first = " ".join(str(error).split())[:200]
+    return f"cannot connect to the Ray cluster at {address} ({first})"
+
+
+def stop_ray(cluster: Cluster) -> None:
+    if cluster.started_here and ray.is_initialized():
+        ray.shutdown()
+
+
+def plan_resources(configs: Sequence[Any], cluster: Cluster, cpus_per_trial: Optional[float],
+                   gpus_per_trial: Optional[float], max_concurrent: Optional[int], num_trials: int) -> Resources:
+    """Per-trial CPUs and GPUs (given, else from what the configs need) and the slots they leave.
+
+    Defaults: CPUs = max(1, train.num_threads) + data.num_workers; GPUs = 1 if the cluster has any
+    and the config may use one (train.device auto or cuda), else 0. Raises RunnerError when a trial
+    could never be placed.
+    """
+    wants_cuda = any(c.train.device == "cuda" for c in configs)
+    may_use_gpu = any(c.train.device in ("auto", "cuda") for c in configs)
+    if cpus_per_trial is None:
+        cpus_per_trial = float(max(max(1, c.train.num_threads) + c.data.num_workers for c in configs))
+    if gpus_per_trial is None:
+        gpus_per_trial = 1.0 if cluster.gpus > 0 and may_use_gpu else 0.0
+    if wants_cuda and (cluster.gpus == 0 or gpus_per_trial == 0):
+        raise RunnerError("train.device='cuda' but " + ("the Ray cluster has no GPU" if cluster.gpus == 0 else
+                                                        "--gpus-per-trial is 0") + "; use train.device=auto or cpu")
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise RunnerError(f"--gpus-per-trial {gpus_per_trial:g}: above 1 a trial takes whole GPUs; expected a "
+                          "fraction <= 1 or an integer")
+    if not any(c >= cpus_per_trial and g >= gpus_per_trial for c, g in zip(cluster.node_cpus, cluster.node_gpus)):
+        raise RunnerError(f"a trial needs {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU but no node of the Ray "
+                          f"cluster has that much (CPUs per node: {', '.join(f'{c:g}' for c in cluster.node_cpus)}; "
+                          f"GPUs: {', '.join(f'{g:g}' for g in cluster.node_gpus)}); lower --cpus-per-trial / "
+                          "--gpus-per-trial")
+    slots = 0
+    for c, g in zip(cluster.node_cpus, cluster.node_gpus):
+        per_node = math.floor(c / cpus_per_trial + 1e-9)
+        if gpus_per_trial > 0:
+            per_node = min(per_node, math.floor(g / gpus_per_trial + 1e-9))
+        slots += per_node
+    if max_concurrent:
+        slots = min(slots, max_concurrent)
+    return Resources(cpus_per_trial, gpus_per_trial, max_concurrent, max(1, min(slots, num_trials)))
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial_key"]
+
+
+def run_trials(name: str, specs: Sequence[TrialSpec], resources: Resources, storage_path: str, max_failures: int,
+               listeners: Sequence[TrialListener]) -> Dict[str, str]:
+    """Run ``specs`` as one Tune experiment; returns {trial key: "ended" | "interrupted"}.
+
+    Results reach ``listeners`` as they happen, through a driver-side Tune callback.
+    """
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard files per trial
+    # Tune's console output is replaced by orchestrator.progress: its legacy engine at verbose=0 prints
+    # nothing (the new engine still prints an experiment banner at verbose=0 in Ray 2.60).
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+    for noisy in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    by_key = {s.key: {"config": s.config, "resume_from": s.resume_from} for s in specs}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, specs=by_key),
+                                    {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+    forward = _Forward(listeners)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial_key": tune.grid_search([s.key for s in specs])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent, reuse_actors=True,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[forward], verbose=0, log_to_file=True),
+    )
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        pass
+    outcome = {}
+    for s in specs:
+        if s.key in forward.ended:
+            outcome[s.key] = "ended"
+        else:
+            outcome[s.key] = "interrupted"
+            if s.key in forward.started:
+                for listener in listeners:
+                    listener.trial_interrupted(s.key)
+    return outcome
+
+
+def trial_threads(cpus_per_trial: float, num_workers: int) -> int:
+    """Torch threads for a trial: its CPUs less its DataLoader workers, at least 1."""
+    return max(1, int(cpus_per_trial) - int(num_workers))
+
+
+def checkpoint_exists(uri: str) -> bool:
+    """Whether a recorded checkpoint directory is still there (local paths only; URIs are trusted)."""
+    if "://" in uri:
+        return True
+    return (Path(uri) / CHECKPOINT_META).is_file()

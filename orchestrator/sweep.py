@@ -1,0 +1,610 @@
+"""Sweep files: load, validate and expand ``sweeps/<ablation>.yaml`` into trials.
+
+Pure: no Ray, no MLflow, nothing written. A sweep file names the paper table(s) it reproduces, a
+base profile, overrides, and its rows::
+
+    name: alpha_gamma            # experiment name in MLflow (default: the file name)
+    tables: [1a, 1b]             # paper tables / sections the rows belong to (see TABLES)
+    profile: cpu                 # default profile; --profile overrides it
+    base: {loss.kind: focal}     # retina config overrides for every row (nested or dotted keys)
+    seeds: [0]                   # each row runs once per seed (sets train.seed); default: as configured
+    rows:                        # explicit rows
+      - {table: 1b, label: "FL gamma=0.1 alpha=0.75", set: {loss.gamma: 0.1, loss.alpha: 0.75}}
+    grid:                        # cartesian rows: one per combination of the axes' values
+      - table: 1a
+        label: "CE alpha={loss.alpha}"     # {dotted.key} or {dotted.key:.2f}: the row's value
+        axes: {loss.alpha: [0.10, 0.25]}
+        set: {loss.gamma: 0}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0.5, max_concurrent: 4}   # optional
+    profiles:                    # optional, per profile: how the sweep scales to that machine
+      cpu:
+        base: {data.max_size: 128}
+        axes: {data.min_size: [64, 80, 96, 112, 128]}   # replaces a grid axis's values, position by position
+        resources: {...}
+
+A row's resolved config is schema <- profile <- ``base`` <- ``profiles.<p>.base`` <- the row's
+``set`` and axis values <- ``train.seed`` from ``seeds`` <- command-line ``--set``; it is validated
+with retina's own checks. Labels always show the values the file's ``axes`` declare (the paper's),
+so a row keeps its paper name under every profile; a per-profile substitution is recorded in
+:attr:`Trial.scaled` (and so in MLflow and the dry-run listing).
+
+A trial's key is a hash of its resolved config (which holds the seed) minus the keys that cannot
+change its results (:data:`KEY_EXCLUDED`). Rows that resolve to the same config are one trial that
+belongs to several (table, label) rows: Table 1a's CE alpha .75 is Table 1b's gamma 0 alpha .75.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from retina import config as config_lib
+from retina.config import ConfigError
+
+# Paper tables and sections a row may belong to (results/paper/ holds their reference numbers).
+TABLES: Dict[str, str] = {
+    "1a": "Table 1a: varying alpha for CE loss (gamma 0)",
+    "1b": "Table 1b: varying gamma for FL (with its best alpha)",
+    "1c": "Table 1c: scales per octave x aspect ratios",
+    "1d": "Table 1d: FL vs OHEM baselines",
+    "1e": "Table 1e: speed/accuracy trade-off (depth x image scale)",
+    "5.1": "Section 5.1: CE with and without the prior initialization",
+}
+
+# Config keys that change how a run is logged, stored or parallelized, never what it computes.
+KEY_EXCLUDED: Tuple[str, ...] = (
+    "output_dir",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.num_threads",
+    "data.num_workers",
+    "data.synthetic.cache_dir",
+)
+
+TOP_LEVEL_KEYS = ("name", "description", "tables", "profile", "base", "seeds", "rows", "grid", "resources",
+                  "profiles")
+ROW_KEYS = ("table", "label", "set")
+GRID_KEYS = ("table", "label", "axes", "set")
+PROFILE_SECTION_KEYS = ("base", "axes", "resources")
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")
+KEY_LENGTH = 12  # hex digits of sha256: 48 bits, collisions negligible for any number of trials here
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_LABEL_FIELD_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?::([^{}]*))?\}")
+
+
+# ----------------------------------------------------------------------------------------------
+# what a sweep expands to
+
+
+@dataclass(frozen=True)
+class Membership:
+    """One row of a paper table that a trial stands for."""
+    table: str
+    label: str
+    seed: int
+
+
+@dataclass
+class Trial:
+    key: str  # stable hash of the resolved config (see trial_key)
+    config: DictConfig  # resolved and validated
+    memberships: List[Membership] = field(default_factory=list)
+    diff: Dict[str, Any] = field(default_factory=dict)  # settings that differ from the sweep's base config
+    scaled: Dict[str, Tuple[Any, Any]] = field(default_factory=dict)  # key -> (declared value, value used)
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.train.seed)
+
+    @property
+    def tables(self) -> List[str]:
+        return sorted({m.table for m in self.memberships}, key=_table_order)
+
+    @property
+    def label(self) -> str:
+        """All the row labels of this trial, " | "-joined (most trials have one)."""
+        return " | ".join(dict.fromkeys(m.label for m in self.memberships))
+
+    def container(self) -> dict:
+        return OmegaConf.to_container(self.config, resolve=True)
+
+
+@dataclass
+class Resources:
+    """Per-trial resources as the sweep file asks for them; None: let the runner decide."""
+    cpus_per_trial: Optional[float] = None
+    gpus_per_trial: Optional[float] = None
+    max_concurrent: Optional[int] = None
+
+
+@dataclass
+class Sweep:
+    name: str
+    path: Path
+    description: str
+    tables: List[str]
+    profile: str
+    overrides: List[str]  # command-line key=value
+    base_config: DictConfig  # schema <- profile <- base <- profiles.<p>.base <- command line (no row)
+    trials: List[Trial]
+    resources: Resources
+    num_rows: int  # (table, label, seed) rows; >= len(trials)
+
+    def trial(self, key: str) -> Trial:
+        for t in self.trials:
+            if t.key == key:
+                return t
+        raise KeyError(key)
+
+
+# ----------------------------------------------------------------------------------------------
+# keys and small helpers
+
+
+def trial_key(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """First 12 hex digits of sha256 over the canonical JSON of the resolved config, without
+    :data:`KEY_EXCLUDED`. The typed schema normalizes values first (``gamma: 0`` is 0.0)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    flat = {k: v for k, v in config_lib._flatten(container).items() if k not in KEY_EXCLUDED}
+    canonical = json.dumps(flat, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def nest(d: Mapping[str, Any]) -> dict:
+    """``{"loss.alpha": 1, "train": {"lr": 2}}`` -> ``{"loss": {"alpha": 1}, "train": {"lr": 2}}``."""
+    out: dict = {}
+    for key, value in d.items():
+        node = out
+        parts = str(key).split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                child = node[p] = {}
+            node = child
+        leaf = parts[-1]
+        if isinstance(value, Mapping):
+            existing = node.get(leaf)
+            merged = nest(value)
+            node[leaf] = _deep_merge(existing, merged) if isinstance(existing, dict) else merged
+        else:
+            node[leaf] = value
+    return out
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def format_value(value: Any) -> str:
+    """Short, stable text for a config value: 0.1 -> "0.1", 2.0 -> "2", [0.5, 1.0] -> "[0.5,1]"."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, float):
+        return f"{value:g}" if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _table_order(table: str) -> Tuple[float, str]:
+    ids = list(TABLES)
+    return (ids.index(table) if table in ids else len(ids), table)
+
+
+def _is_mapping(x: Any) -> bool:
+    return isinstance(x, Mapping)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass
+class _Row:
+    table: str
+    label: str
+    values: dict  # nested overrides: set + axis values used
+    where: str  # "file: grid[0] ('CE alpha=0.1')"
+    scaled: Dict[str, Tuple[Any, Any]]
+
+
+def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Sequence[str] = (),
+               check_paths: bool = False) -> Sweep:
+    """Read, validate and expand a sweep file; every mistake is a one-line :class:`ConfigError`.
+
+    Args:
+        path: the sweep YAML.
+        profile: overrides the file's ``profile`` (e.g. ``--profile gpu``).
+        overrides: command-line ``key=value`` settings merged over every row.
+        check_paths: also require that configured dataset files exist (COCO sources).
+    """
+    path = Path(path)
+    where = str(path)
+    data = config_lib.read_yaml(path)
+    if not data:
+        raise ConfigError(f"{where}: empty sweep file; expected at least 'tables' and 'rows' or 'grid'")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            hint = config_lib.closest_key(str(key), TOP_LEVEL_KEYS)
+            right = f"did you mean '{hint}'?" if hint else f"expected one of {', '.join(TOP_LEVEL_KEYS)}"
+            raise ConfigError(f"{where}: unknown top-level key '{key}'; {right}")
+
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: name={name!r} is not a valid sweep name; expected letters, digits, '_', '-', '.'")
+    description = data.get("description", "") or ""
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: description should be text")
+
+    tables = _tables(data.get("tables"), where)
+    profile = profile or data.get("profile") or config_lib.DEFAULT_PROFILE
+    if not isinstance(profile, str):
+        raise ConfigError(f"{where}: profile={profile!r}; expected a profile name such as 'cpu'")
+    profile_file = config_lib.profile_path(profile)  # unknown profile: one-line error listing the known
+
+    sections = data.get("profiles") or {}
+    if not _is_mapping(sections):
+        raise ConfigError(f"{where}: 'profiles' should map profile names to {{base, axes, resources}}")
+    _check_profile_sections(data, sections, where)
+    section = sections.get(profile) or {}
+
+    # base config: schema <- profile <- base <- profiles.<p>.base <- command line
+    base = data.get("base") or {}
+    if not _is_mapping(base):
+        raise ConfigError(f"{where}: base should be a mapping of config keys")
+    profile_base = section.get("base") or {}
+    if not _is_mapping(profile_base):
+        raise ConfigError(f"{where}: profiles.{profile}.base should be a mapping of config keys")
+    head_sources = [(str(profile_file), config_lib.read_yaml(profile_file)), (f"{where}: base", nest(base)),
+                    (f"{where}: profiles.{profile}.base", nest(profile_base))]
+    cfg = config_lib.schema()
+    for source, values in head_sources:
+        cfg = config_lib.merge_into(cfg, values, source)
+    head = cfg  # everything that comes before a row
+    _validate(head, head_sources, f"{where}: base")
+    cli = config_lib.parse_dotlist(overrides, "command line") if overrides else {}
+    cli_sources = [("command line", cli)] if cli else []
+    base_config = config_lib.merge_into(cfg, cli, "command line") if cli else cfg
+    _validate(base_config, head_sources + cli_sources, "command line")
+
+    seeds = _seeds(data.get("seeds"), where)
+    rows = _rows(data, tables, section.get("axes") or {}, profile, where)
+
+    trials: Dict[str, Trial] = {}
+    seen: Dict[Tuple[str, str, int], str] = {}
+    base_flat = config_lib.flatten(base_config)
+    for row in rows:
+        for seed in seeds:
+            row_sources = [(row.where, row.values)]
+            if seed is not None:
+                row_sources.append((f"{where}: seeds", {"train": {"seed": seed}}))
+            row_cfg = head
+            for source, values in row_sources + cli_sources:
+                row_cfg = config_lib.merge_into(row_cfg, values, source)
+            _validate(row_cfg, head_sources + row_sources + cli_sources, row.where, check_paths)
+            seed_used = int(row_cfg.train.seed)
+            ident = (row.table, row.label, seed_used)
+            if ident in seen:
+                raise ConfigError(f"{row.where}: duplicate label '{row.label}' in table {row.table} "
+                                  f"(also {seen[ident]}); expected one label per row")
+            seen[ident] = row.where
+            key = trial_key(row_cfg)
+            trial = trials.get(key)
+            if trial is None:
+                flat = config_lib.flatten(row_cfg)
+                diff = {k: v for k, v in flat.items() if base_flat.get(k) != v}
+                trial = trials[key] = Trial(key=key, config=row_cfg, diff=diff, scaled=dict(row.scaled))
+            trial.memberships.append(Membership(row.table, row.label, seed_used))
+
+    resources = _resources(data.get("resources"), f"{where}: resources")
+    if section.get("resources") is not None:
+        override = _resources(section.get("resources"), f"{where}: profiles.{profile}.resources")
+        resources = Resources(**{k: getattr(override, k) if getattr(override, k) is not None else getattr(resources, k)
+                                 for k in RESOURCE_KEYS})
+    return Sweep(name=name, path=path, description=description, tables=tables, profile=profile,
+                 overrides=list(overrides), base_config=base_config, trials=list(trials.values()),
+                 resources=resources, num_rows=len(seen))
+
+
+def _validate(cfg: DictConfig, sources: List[Tuple[str, dict]], context: str, check_paths: bool = False) -> None:
+    """retina's range checks; a value out of range is reported against the source that set it (the
+    profile file, the sweep's base, a row, the command line), naming the row when it is another."""
+    try:
+        config_lib.validate(cfg, where=context, check_paths=check_paths)
+    except ConfigError as e:
+        key, detail = getattr(e, "key", None), getattr(e, "detail", None)
+        if not key or not detail:
+            raise
+        setters = [source for source, values in sources if key in config_lib._flatten(values)]
+        setter = setters[-1] if setters else "config (default value)"
+        suffix = "" if setter == context else f" (in {context})"
+        raise ConfigError(f"{setter}: {detail}{suffix}") from None
+
+
+def _tables(value: Any, where: str) -> List[str]:
+    if value is None:
+        raise ConfigError(f"{where}: missing 'tables'; expected a list of paper table ids such as [1a, 1b]")
+    if isinstance(value, (str, int, float)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: tables should be a non-empty list of table ids such as [1a, 1b]")
+    out = []
+    for t in value:
+        t = str(t)
+        if t not in TABLES:
+            raise ConfigError(f"{where}: unknown table '{t}'; expected one of {', '.join(TABLES)}")
+        out.append(t)
+    return out
+
+
+def _seeds(value: Any, where: str) -> List[Optional[int]]:
+    if value is None:
+        return [None]  # keep train.seed as configured
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)):
+        raise ConfigError(f"{where}: seeds={value!r}; expected a non-empty list of integers >= 0")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: seeds={value!r} repeats a seed; expected distinct seeds")
+    return list(value)
+
+
+def _resources(value: Any, where: str) -> Resources:
+    if value is None:
+        return Resources()
+    if not _is_mapping(value):
+        raise ConfigError(f"{where} should be a mapping with keys {', '.join(RESOURCE_KEYS)}")
+    for k in value:
+        if k not in RESOURCE_KEYS:
+            hint = config_lib.closest_key(str(k), RESOURCE_KEYS)
+            raise ConfigError(f"{where}: unknown key '{k}'; " + (f"did you mean '{hint}'?" if hint else
+                                                                  f"expected one of {', '.join(RESOURCE_KEYS)}"))
+    out = Resources()
+    for k in ("cpus_per_trial", "gpus_per_trial"):
+        v = value.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (
+                k == "cpus_per_trial" and v == 0):
+            expected = "a number > 0" if k == "cpus_per_trial" else "a number >= 0 (fractions share a GPU)"
+            raise ConfigError(f"{where}: {k}={v!r} is out of range; expected {expected}")
+        setattr(out, k, float(v))
+    v = value.get("max_concurrent")
+    if v is not None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{where}: max_concurrent={v!r} is out of range; expected an integer >= 1")
+        out.max_concurrent = v
+    return out
+
+
+def _check_keys(entry: Mapping, allowed: Sequence[str], where: str) -> None:
+    for k in entry:
+        if k not in allowed:
+            hint = config_lib.closest_key(str(k), allowed)
+            right = f"did you mean '{hint}'?" if hint else f"expected {', '.join(allowed)}"
+            raise ConfigError(f"{where}: unknown key '{k}'; {right}")
+
+
+def _row_table(entry: Mapping, tables: List[str], where: str) -> str:
+    table = entry.get("table")
+    if table is None:
+        if len(tables) == 1:
+            return tables[0]
+        raise ConfigError(f"{where}: missing 'table'; expected one of the sweep's tables {', '.join(tables)}")
+    table = str(table)
+    if table not in TABLES:
+        raise ConfigError(f"{where}: unknown table '{table}'; expected one of {', '.join(TABLES)}")
+    if table not in tables:
+        raise ConfigError(f"{where}: table '{table}' is not in the sweep's tables [{', '.join(tables)}]; "
+                          "add it there or fix the row")
+    return table
+
+
+def _set(entry: Mapping, where: str) -> dict:
+    value = entry.get("set") or {}
+    if not _is_mapping(value):
+        raise ConfigError(f"{where}: 'set' should be a mapping of config keys to values")
+    return nest(value)
+
+
+def _rows(data: Mapping, tables: List[str], profile_axes: Any, profile: str, where: str) -> List[_Row]:
+    """Every row of the file, in file order (``rows`` and ``grid`` as they appear)."""
+    explicit, grids = data.get("rows"), data.get("grid")
+    if explicit is None and grids is None:
+        raise ConfigError(f"{where}: no rows; expected 'rows' (a list) and/or 'grid' (a list)")
+    if explicit is not None and not isinstance(explicit, list):
+        raise ConfigError(f"{where}: rows should be a list of {{table, label, set}}")
+    if grids is not None and not isinstance(grids, list):
+        raise ConfigError(f"{where}: grid should be a list of {{table, label, axes, set}}")
+    if not _is_mapping(profile_axes):
+        raise ConfigError(f"{where}: profiles.{profile}.axes should map axis keys to lists of values")
+    rows: List[_Row] = []
+    used_profile_axes: set = set()
+    for section in [k for k in data if k in ("rows", "grid")]:
+        if section == "rows":
+            rows += _explicit_rows(explicit or [], tables, where)
+        else:
+            rows += _grid_rows(grids or [], tables, profile_axes, profile, where, used_profile_axes)
+    for key in profile_axes:
+        if key not in used_profile_axes:
+            raise ConfigError(f"{where}: profiles.{profile}.axes.{key} is not an axis of any grid")
+    if not rows:
+        raise ConfigError(f"{where}: no rows; 'rows' and 'grid' are empty")
+    return rows
+
+
+def _explicit_rows(entries: list, tables: List[str], where: str) -> List[_Row]:
+    rows = []
+    for i, entry in enumerate(entries):
+        at = f"{where}: rows[{i}]"
+        if not _is_mapping(entry):
+            raise ConfigError(f"{at} should be a mapping with keys {', '.join(ROW_KEYS)}")
+        _check_keys(entry, ROW_KEYS, at)
+        label = entry.get("label")
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"{at}: missing 'label'; expected the row's name in the report, e.g. \"CE alpha=0.5\"")
+        table = _row_table(entry, tables, at)
+        rows.append(_Row(table, label, _set(entry, at), f"{at} ({table} '{label}')", {}))
+    return rows
+
+
+def _grid_axes(entry: Any, at: str) -> Dict[str, list]:
+    if not _is_mapping(entry):
+        raise ConfigError(f"{at} should be a mapping with keys {', '.join(GRID_KEYS)}")
+    _check_keys(entry, GRID_KEYS, at)
+    axes = entry.get("axes")
+    if not _is_mapping(axes) or not axes:
+        raise ConfigError(f"{at}: empty grid; expected 'axes' mapping config keys to non-empty lists of values")
+    known = set(config_lib.valid_keys())
+    for key, values in axes.items():
+        key = str(key)
+        if key not in known:
+            hint = config_lib.closest_key(key, known)
+            raise ConfigError(f"{at}.axes: unknown key '{key}'; " + (f"did you mean '{hint}'?" if hint else
+                                                                     "see retina/config.py for the valid keys"))
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{at}: empty grid; axes.{key} should be a non-empty list of values")
+    return {str(k): list(v) for k, v in axes.items()}
+
+
+def _grid_rows(grids: list, tables: List[str], profile_axes: Mapping, profile: str, where: str,
+               used_profile_axes: set) -> List[_Row]:
+    rows = []
+    for i, entry in enumerate(grids):
+        at = f"{where}: grid[{i}]"
+        axes = _grid_axes(entry, at)
+        table = _row_table(entry, tables, at)
+        label_format = entry.get("label")
+        if not isinstance(label_format, str) or not label_format.strip():
+            raise ConfigError(f"{at}: missing 'label'; expected a format such as \"CE alpha={{loss.alpha}}\"")
+        row_set = _set(entry, at)
+        set_flat = config_lib._flatten(row_set)
+        keys = list(axes)
+        for field_name, _spec in _LABEL_FIELD_RE.findall(label_format):
+            if field_name not in keys and field_name not in set_flat:
+                raise ConfigError(f"{at}: label '{label_format}' uses {{{field_name}}}, which is neither one of "
+                                  f"its axes ({', '.join(keys)}) nor in its 'set'")
+        used_values = {}
+        for key in keys:
+            used = axes[key]
+            if key in profile_axes:
+                used_profile_axes.add(key)
+                used = profile_axes[key]
+                if not isinstance(used, list) or len(used) != len(axes[key]):
+                    raise ConfigError(f"{where}: profiles.{profile}.axes.{key} should list {len(axes[key])} values, "
+                                      f"one per value of grid[{i}].axes.{key}")
+            used_values[key] = used
+        for combo in itertools.product(*(range(len(axes[k])) for k in keys)):
+            declared = {k: axes[k][j] for k, j in zip(keys, combo)}
+            used = {k: used_values[k][j] for k, j in zip(keys, combo)}
+            label = _format_label(label_format, {**set_flat, **declared}, at)
+            scaled = {k: (declared[k], used[k]) for k in keys if used[k] != declared[k]}
+            values = _deep_merge(row_set, nest(used))
+            rows.append(_Row(table, label, values, f"{at} ({table} '{label}')", scaled))
+    return rows
+
+
+def _check_profile_sections(data: Mapping, sections: Mapping, where: str) -> None:
+    """Every ``profiles.<p>`` section is checked, not only the one in use: names, keys, axis lengths."""
+    grids = data.get("grid") if isinstance(data.get("grid"), list) else []
+    axis_lengths: Dict[str, set] = {}
+    for i, entry in enumerate(grids):
+        for key, values in _grid_axes(entry, f"{where}: grid[{i}]").items():
+            axis_lengths.setdefault(key, set()).add(len(values))
+    for pname, section in sections.items():
+        at = f"{where}: profiles.{pname}"
+        try:
+            config_lib.profile_path(str(pname))
+        except ConfigError as e:
+            raise ConfigError(f"{at}: {e}") from None
+        if not _is_mapping(section):
+            raise ConfigError(f"{at} should be a mapping with keys {', '.join(PROFILE_SECTION_KEYS)}")
+        _check_keys(section, PROFILE_SECTION_KEYS, at)
+        base = section.get("base") or {}
+        if not _is_mapping(base):
+            raise ConfigError(f"{at}.base should be a mapping of config keys")
+        config_lib.merge_into(config_lib.schema(), nest(base), f"{at}.base")
+        axes = section.get("axes") or {}
+        if not _is_mapping(axes):
+            raise ConfigError(f"{at}.axes should map axis keys to lists of values")
+        for key, values in axes.items():
+            if str(key) not in axis_lengths:
+                raise ConfigError(f"{at}.axes.{key} is not an axis of any grid")
+            if not isinstance(values, list) or {len(values)} != axis_lengths[str(key)]:
+                raise ConfigError(f"{at}.axes.{key} should list as many values as the grid's axis "
+                                  f"({', '.join(str(n) for n in sorted(axis_lengths[str(key)]))})")
+        _resources(section.get("resources"), f"{at}.resources")
+
+
+def _format_label(fmt: str, values: Mapping[str, Any], where: str) -> str:
+    def sub(m: re.Match) -> str:
+        value = values[m.group(1)]
+        spec = m.group(2)
+        if spec:
+            try:
+                return format(value, spec)
+            except (ValueError, TypeError):
+                raise ConfigError(f"{where}: label format '{{{m.group(1)}:{spec}}}' does not fit "
+                                  f"the value {value!r}") from None
+        return format_value(value)
+    return _LABEL_FIELD_RE.sub(sub, fmt)
+
+
+# ----------------------------------------------------------------------------------------------
+# presentation
+
+
+def describe_diff(trial: Trial, limit: int = 6) -> str:
+    """The settings of ``trial`` that differ from the sweep's base config, e.g. "loss.alpha=0.1"."""
+    parts = [f"{k}={format_value(v)}" for k, v in sorted(trial.diff.items())]
+    for k, (declared, used) in sorted(trial.scaled.items()):
+        parts.append(f"({k} {format_value(declared)}->{format_value(used)} for this profile)")
+    if not parts:
+        return "(the base config)"
+    if len(parts) > limit:
+        parts = parts[:limit] + [f"... {len(parts) - limit} more"]
+    return " ".join(parts)
+
+
+def dry_run_listing(sweep: Sweep) -> str:
+    """The table `run --dry-run` prints: key, row(s), and what differs from the base."""
+    lines = [f"sweep {sweep.name} ({sweep.path}): tables {', '.join(sweep.tables)}; profile {sweep.profile}"
+             + (f"; --set {' '.join(sweep.overrides)}" if sweep.overrides else "")
+             + f"; {len(sweep.trials)} trials for {sweep.num_rows} rows"]
+    width = max([len(t.label) for t in sweep.trials] + [5])
+    lines.append(f"{'key':<{KEY_LENGTH}}  {'table':<6} {'row':<{width}}  settings that differ from the base")
+    for t in sweep.trials:
+        lines.append(f"{t.key:<{KEY_LENGTH}}  {','.join(t.tables):<6} {t.label:<{width}}  {describe_diff(t)}")
+    return "\n".join(lines)
+
+
+def distinct_data_configs(sweep: Sweep) -> List[DictConfig]:
+    """One config per distinct ``data`` section among the trials (to check datasets once each)."""
+    seen: Dict[str, DictConfig] = {}
+    for t in sweep.trials:
+        digest = json.dumps(OmegaConf.to_container(t.config.data, resolve=True), sort_keys=True)
+        seen.setdefault(digest, t.config)
+    return list(seen.values())
+
+
+def sweep_files(directory: str | Path) -> List[Path]:
+    """The sweep files in ``directory`` (profiles/ excluded)."""
+    return sorted(p for p in Path(directory).glob("*.yaml") if p.is_file())
+
+
+def iter_rows(sweep: Sweep) -> Iterable[Tuple[Membership, Trial]]:
+    for t in sweep.trials:
+        for m in t.memberships:
+            yield m, t

@@ -1,0 +1,195 @@
+"""Sweep files: expansion into trials, trial keys, validation of every mistake, and --dry-run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.__main__ import main
+from orchestrator.sweep import TABLES, load_sweep, sweep_files, trial_key
+from retina.config import ConfigError, load_config
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = PROJECT_ROOT / "sweeps"
+SHIPPED = [p.name for p in sweep_files(SWEEPS)]
+
+
+def write(tmp_path: Path, text: str, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# the shipped sweeps
+
+
+def test_alpha_gamma_gives_13_trials_for_14_rows_with_the_papers_pairs():
+    sweep = load_sweep(SWEEPS / "alpha_gamma.yaml")
+    assert len(sweep.trials) == 13 and sweep.num_rows == 14
+    rows = {(m.table, round(t.config.loss.gamma, 3), round(t.config.loss.alpha, 3))
+            for t in sweep.trials for m in t.memberships}
+    table_1a = {(0.0, a) for a in (0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 0.999)}
+    table_1b = {(0.0, 0.75), (0.1, 0.75), (0.2, 0.75), (0.5, 0.50), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)}
+    assert {(g, a) for table, g, a in rows if table == "1a"} == table_1a
+    assert {(g, a) for table, g, a in rows if table == "1b"} == table_1b
+    assert all(t.config.loss.kind == "focal" for t in sweep.trials)
+
+
+def test_the_row_shared_by_1a_and_1b_is_one_trial_with_two_labels():
+    sweep = load_sweep(SWEEPS / "alpha_gamma.yaml")
+    shared = [t for t in sweep.trials if len(t.memberships) > 1]
+    assert len(shared) == 1
+    trial = shared[0]
+    assert (trial.config.loss.gamma, trial.config.loss.alpha) == (0.0, 0.75)
+    assert sorted(m.table for m in trial.memberships) == ["1a", "1b"]
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu", "paper"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_sweep_validates_under_every_profile(name, profile):
+    sweep = load_sweep(SWEEPS / name, profile=profile)
+    assert sweep.trials and set(sweep.tables) <= set(TABLES)
+    assert len({t.key for t in sweep.trials}) == len(sweep.trials)
+    for trial in sweep.trials:
+        assert trial.key == trial_key(trial.config)
+
+
+def test_one_sweep_file_per_ablation_is_shipped():
+    assert {"alpha_gamma.yaml", "anchors.yaml", "ohem_vs_fl.yaml", "speed_accuracy.yaml",
+            "prior_init.yaml"} <= set(SHIPPED)
+
+
+def test_anchor_rows_are_the_papers_scales_by_ratios():
+    sweep = load_sweep(SWEEPS / "anchors.yaml")
+    pairs = {(t.config.anchors.scales_per_octave, len(t.config.anchors.aspect_ratios)) for t in sweep.trials}
+    assert pairs == {(1, 1), (2, 1), (3, 1), (1, 3), (2, 3), (3, 3), (4, 3)}
+
+
+def test_ohem_rows_cover_batch_sizes_nms_and_the_1_to_3_variant():
+    sweep = load_sweep(SWEEPS / "ohem_vs_fl.yaml")
+    ohem = {(t.config.loss.ohem_batch_size, t.config.loss.ohem_nms, t.config.loss.ohem_pos_ratio)
+            for t in sweep.trials if t.config.loss.kind == "ohem"}
+    assert ohem == {(b, n, None) for b in (128, 256, 512) for n in (0.7, 0.5)} | {(b, 0.5, 0.25) for b in (128, 256, 512)}
+    focal = [t for t in sweep.trials if t.config.loss.kind == "focal"]
+    assert [(t.config.loss.gamma, t.config.loss.alpha) for t in focal] == [(2.0, 0.25)]
+    assert {t.config.model.depth for t in load_sweep(SWEEPS / "ohem_vs_fl.yaml", profile="paper").trials} == {101}
+
+
+def test_speed_accuracy_keeps_paper_labels_and_scales_images_per_profile():
+    paper = load_sweep(SWEEPS / "speed_accuracy.yaml", profile="paper")
+    cpu = load_sweep(SWEEPS / "speed_accuracy.yaml", profile="cpu")
+    assert sorted(t.label for t in paper.trials) == sorted(t.label for t in cpu.trials)
+    assert {t.config.data.min_size for t in paper.trials} == {400, 500, 600, 700, 800}
+    assert {t.config.data.min_size for t in cpu.trials} == {64, 80, 96, 112, 128}
+    r50_400 = next(t for t in cpu.trials if t.label == "R50 400px")
+    assert r50_400.scaled == {"data.min_size": (400, 64)}
+
+
+def test_prior_init_rows_differ_only_in_the_prior_and_never_clip():
+    sweep = load_sweep(SWEEPS / "prior_init.yaml")
+    assert sorted(t.config.model.prior_init for t in sweep.trials) == [False, True]
+    assert all(t.config.train.grad_clip_norm is None and t.config.loss.gamma == 0.0 for t in sweep.trials)
+    assert sweep.trials[0].diff.keys() ^ sweep.trials[1].diff.keys() <= {"model.prior_init"}
+
+
+# ----------------------------------------------------------------------------------------------
+# keys
+
+
+def test_trial_key_is_stable_and_ignores_settings_that_cannot_change_results():
+    cfg = load_config("cpu")
+    same = load_config("cpu", overrides=["train.log_every=7", "train.checkpoint_every=3", "train.num_threads=2",
+                                         "data.num_workers=2", "output_dir=/elsewhere"])
+    assert trial_key(cfg) == trial_key(same) and len(trial_key(cfg)) == 12
+    assert trial_key(cfg) != trial_key(load_config("cpu", overrides=["loss.alpha=0.5"]))
+    assert trial_key(cfg) != trial_key(load_config("cpu", overrides=["train.seed=1"]))
+
+
+def test_ints_and_floats_and_dotted_and_nested_keys_give_the_same_trial(tmp_path):
+    a = write(tmp_path, "tables: [1a]\nrows:\n  - {label: x, set: {loss.gamma: 0, loss.alpha: 0.5}}\n", "a.yaml")
+    b = write(tmp_path, "tables: [1a]\nrows:\n  - {label: x, set: {loss: {gamma: 0.0, alpha: 0.50}}}\n", "b.yaml")
+    assert load_sweep(a).trials[0].key == load_sweep(b).trials[0].key
+
+
+def test_seeds_multiply_rows_and_enter_the_key(tmp_path):
+    path = write(tmp_path, "tables: [1a]\nseeds: [0, 1, 2]\nrows:\n  - {label: x}\n  - {label: y, set: {loss.alpha: 0.5}}\n")
+    sweep = load_sweep(path)
+    assert len(sweep.trials) == 6
+    assert sorted(t.seed for t in sweep.trials) == [0, 0, 1, 1, 2, 2]
+
+
+def test_command_line_overrides_apply_to_every_row(tmp_path):
+    path = write(tmp_path, "tables: [1a]\ngrid:\n  - {label: 'a={loss.alpha}', axes: {loss.alpha: [0.25, 0.5]}}\n")
+    sweep = load_sweep(path, overrides=["train.iterations=5"])
+    assert [t.config.train.iterations for t in sweep.trials] == [5, 5]
+    assert [t.label for t in sweep.trials] == ["a=0.25", "a=0.5"]
+
+
+# ----------------------------------------------------------------------------------------------
+# mistakes: one line, naming the file and the key
+
+
+@pytest.mark.parametrize("text,fragments", [
+    ("tables: [1a]\nrowz: []\n", ["unknown top-level key 'rowz'", "'rows'"]),
+    ("tables: [1a]\nrows:\n  - {label: x, set: {loss.alpah: 0.5}}\n", ["rows[0]", "loss.alpah", "'loss.alpha'"]),
+    ("tables: [1a]\nbase: {train: {iteraions: 5}}\nrows: [{label: x}]\n", ["base", "train.iteraions", "'train.iterations'"]),
+    ("tables: [1a]\ngrid:\n  - {label: x, axes: {loss.alhpa: [0.1]}}\n", ["grid[0]", "loss.alhpa", "'loss.alpha'"]),
+    ("tables: [1a]\nrows:\n  - {label: x, set: {train.iterations: many}}\n", ["train.iterations", "int"]),
+    ("tables: [1a]\nrows:\n  - {label: x, set: {loss.alpha: 1.5}}\n", ["rows[0]", "loss.alpha=1.5", "[0, 1]"]),
+    ("tables: [1a]\nrows:\n  - {label: x, set: {train.lr: -0.1}}\n", ["train.lr", "positive"]),
+    ("tables: [1a]\ngrid:\n  - {label: x, axes: {}}\n", ["grid[0]", "empty grid"]),
+    ("tables: [1a]\ngrid:\n  - {label: x, axes: {loss.alpha: []}}\n", ["empty grid", "loss.alpha"]),
+    ("tables: [1a]\nrows:\n  - {label: x}\n  - {label: x, set: {loss.alpha: 0.5}}\n", ["duplicate label 'x'", "1a"]),
+    ("tables: [9z]\nrows: [{label: x}]\n", ["unknown table '9z'", "1a"]),
+    ("tables: [1a]\nrows: [{table: 1b, label: x}]\n", ["table '1b' is not in the sweep's tables"]),
+    ("tables: [1a]\ngrid:\n  - {label: 'a={loss.gamma}', axes: {loss.alpha: [0.1]}}\n", ["{loss.gamma}", "axes"]),
+    ("tables: [1a]\n", ["no rows"]),
+    ("tables: [1a]\nprofiles: {laptop: {}}\nrows: [{label: x}]\n", ["profiles.laptop", "unknown profile"]),
+    ("tables: [1a]\ngrid:\n  - {label: 'a', axes: {loss.alpha: [0.1, 0.2]}}\nprofiles: {cpu: {axes: {loss.alpha: [0.3]}}}\n",
+     ["profiles.cpu.axes.loss.alpha", "2"]),
+    ("tables: [1a]\nresources: {cpus_per_trial: -1}\nrows: [{label: x}]\n", ["cpus_per_trial=-1", "out of range"]),
+])
+def test_sweep_mistakes_are_one_line_errors_naming_file_and_key(tmp_path, text, fragments):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_sweep(path)
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_unknown_profile_is_refused_listing_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown profile 'laptop'.*cpu, gpu, paper"):
+        load_sweep(SWEEPS / "alpha_gamma.yaml", profile="laptop")
+
+
+def test_missing_dataset_path_is_refused_before_anything_runs():
+    # the paper profile points at COCO where this machine has none
+    with pytest.raises(ConfigError, match=r"data\.train\.annotations=.*does not exist"):
+        load_sweep(SWEEPS / "alpha_gamma.yaml", profile="paper", check_paths=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# --dry-run
+
+
+def test_dry_run_lists_every_trial_and_starts_nothing(tmp_path, capsys, monkeypatch):
+    from orchestrator import runner
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--dry-run started Ray or a trial")
+
+    monkeypatch.setattr(runner, "start_ray", must_not_run)
+    monkeypatch.setattr(runner, "run_trials", must_not_run)
+    store, storage = tmp_path / "mlflow.db", tmp_path / "ray"
+    rc = main(["run", str(SWEEPS / "alpha_gamma.yaml"), "--dry-run", "--tracking-uri", f"sqlite:///{store}",
+               "--storage-path", str(storage)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    sweep = load_sweep(SWEEPS / "alpha_gamma.yaml")
+    for trial in sweep.trials:
+        assert trial.key in out and trial.memberships[0].label in out
+    assert "loss.alpha=0.999 loss.gamma=0" in out  # the settings that differ from the base
+    assert not store.exists() and not storage.exists()
