@@ -1,9 +1,10 @@
-"""Command line: ``python -m orchestrator {run,status} ...``.
+"""Command line: ``python -m orchestrator {run,status,report} ...``.
 
     python -m orchestrator run sweeps/alpha_gamma.yaml [--profile P] [--set key=value ...] [--dry-run]
         [--address A] [--tracking-uri U] [--storage-path S] [--max-concurrent N]
         [--cpus-per-trial C] [--gpus-per-trial G] [--max-failures N] [--verbose]
     python -m orchestrator status [SWEEP] [-v] [--tracking-uri U]
+    python -m orchestrator report [SWEEP ...] [--out DIR] [--tracking-uri U] [--no-log]
 
 Every mistake a user can make (a bad sweep file or override, an unknown profile, a missing dataset,
 an unreachable Ray cluster or tracking server, resources no node has) is found before any trial
@@ -301,9 +302,27 @@ def _add_status(sub) -> None:
     p.set_defaults(func=cmd_status)
 
 
-# Subcommands, in the order `--help` lists them. The `report` command (tables, CSV and plots from
-# MLflow into results/<sweep>/) comes with its own issue: add `_add_report` from orchestrator/report.py here.
-SUBCOMMANDS: List[Callable] = [_add_run, _add_status]
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import cmd_report  # pandas and matplotlib load only when `report` runs
+
+    return cmd_report(args)
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="the paper's tables with our numbers beside them (from MLflow)",
+                       description="Turn what MLflow holds into the paper's tables, plots and verdicts: "
+                                   "OUT/<sweep>/table.{md,csv,tex}, PNG plots, OUT/README.md; the report is "
+                                   "also logged on the sweep's parent run (artifact report/).")
+    p.add_argument("sweep", nargs="*", help="sweep names or files (default: every sweep in the store)")
+    p.add_argument("--out", help="output folder (default <project>/results)")
+    p.add_argument("--tracking-uri", help="MLflow store (default as for run)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's parent run")
+    p.set_defaults(func=_cmd_report)
+
+
+# Subcommands, in the order `--help` lists them. `report`: tables, CSV and plots from MLflow into
+# results/<sweep>/ (orchestrator/report.py).
+SUBCOMMANDS: List[Callable] = [_add_run, _add_status, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

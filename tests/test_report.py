@@ -1,0 +1,175 @@
+"""`python -m orchestrator report`: tables, verdicts and plots from an MLflow store filled through
+MLflow's own client (no mocks), bad input, and end to end after a tiny sweep."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from orchestrator import tracking
+from orchestrator.__main__ import main
+from orchestrator.report import build_report
+from orchestrator.sweep import load_sweep
+from retina.config import flatten
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ALPHA_GAMMA = PROJECT_ROOT / "sweeps" / "alpha_gamma.yaml"
+
+# our AP per 1a / 1b row label: the paper's ordering, at a tenth of its scale
+AP = {"CE alpha=0.1": 0.0, "CE alpha=0.25": 1.1, "CE alpha=0.5": 2.9, "CE alpha=0.75": 3.1, "CE alpha=0.9": 3.05,
+      "CE alpha=0.99": 2.9, "CE alpha=0.999": 2.5, "FL gamma=0.1 alpha=0.75": 3.14, "FL gamma=0.2 alpha=0.75": 3.2,
+      "FL gamma=0.5 alpha=0.5": 3.3, "FL gamma=1 alpha=0.25": 3.37, "FL gamma=2 alpha=0.25": 3.4,
+      "FL gamma=5 alpha=0.25": 3.22}
+MISSING = "FL gamma=5 alpha=0.25"   # no run at all
+FAILED = "FL gamma=0.1 alpha=0.75"  # a run that failed
+
+
+def fill_store(uri: str, ap: dict, seeds_of: str = "") -> dict:
+    """The alpha_gamma sweep as the orchestrator records it, written with MlflowClient."""
+    sweep = load_sweep(ALPHA_GAMMA)
+    client = MlflowClient(uri)
+    exp = client.create_experiment(sweep.name)
+    parent = client.create_run(exp, tags={"kind": "sweep", "sweep": sweep.name, "table": "1a,1b", "profile": "cpu",
+                                          "overrides": "", "status": "finished", "code_version": "test"}).info.run_id
+    client.log_text(parent, ALPHA_GAMMA.read_text(), "sweep.yaml")
+    manifest = []
+    for entry in tracking.trials_manifest(sweep):  # the seeds_of row: three trials (seeds), like `seeds: [0, 1, 2]`
+        seeded = entry["rows"][0]["label"] == seeds_of
+        manifest += [{**entry, "key": f"{entry['key']}-{s}"} for s in (0, 1, 2)] if seeded else [entry]
+    client.log_text(parent, json.dumps(manifest), "trials.json")
+    run_ids = {}
+    for trial in sweep.trials:
+        label = trial.memberships[0].label
+        if label == MISSING:
+            continue
+        for seed in ([0, 1, 2] if label == seeds_of else [None]):
+            tags = {**tracking.trial_tags(sweep, trial), "mlflow.parentRunId": parent, "device": "cpu", "host": "h",
+                    "status": "failed" if label == FAILED else "finished"}
+            if seed is not None:
+                tags["trial_key"] = f"{trial.key}-{seed}"
+            run = client.create_run(exp, tags=tags).info.run_id
+            params = [Param(k, json.dumps(v)) for k, v in flatten(trial.config).items()]
+            metrics = []
+            if label != FAILED:
+                value = ap[label] + (seed or 0) * 0.1
+                metrics = [Metric(name, x, 0, 240) for name, x in {"AP": value, "AP50": 2 * value, "AP75": value / 2,
+                                                                    "inference_ms": 10.0, "train_time_s": 60.0}.items()]
+            for i in range(0, len(params), 100):
+                client.log_batch(run, params=params[i:i + 100], metrics=metrics if i == 0 else [])
+            run_ids.setdefault(label, []).append(run)
+    return {"parent": parent, "runs": run_ids}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracking.ensure_quiet()
+    return {"root": root, "uri": uri, **fill_store(uri, AP, seeds_of="CE alpha=0.5")}
+
+
+@pytest.fixture(scope="module")
+def reported(store):
+    out = store["root"] / "results"
+    rc = main(["report", "alpha_gamma", "--tracking-uri", store["uri"], "--out", str(out)])
+    return {"rc": rc, "out": out, "dir": out / "alpha_gamma"}
+
+
+def test_table_has_the_paper_rows_our_numbers_and_statuses(store, reported):
+    import pandas as pd
+
+    assert reported["rc"] == 0
+    df = pd.read_csv(reported["dir"] / "table.csv", dtype={"alpha": str, "gamma": str})
+    a = df[df["table"] == "1a"].set_index("label")
+    assert list(a.index) == [f"CE alpha={x}" for x in ("0.1", "0.25", "0.5", "0.75", "0.9", "0.99", "0.999")]
+    assert a.loc["CE alpha=0.75", "AP"] == pytest.approx(3.1)
+    assert a.loc["CE alpha=0.75", "AP_paper"] == pytest.approx(31.1)
+    assert a.loc["CE alpha=0.75", "AP_diff"] == pytest.approx(3.1 - 31.1)
+    assert a.loc["CE alpha=0.999", "AP50_paper"] == pytest.approx(41.7)
+    # three seeds: mean and standard deviation
+    assert a.loc["CE alpha=0.5", "AP"] == pytest.approx(3.0) and a.loc["CE alpha=0.5", "AP_std"] == pytest.approx(0.1)
+    assert a.loc["CE alpha=0.5", "seeds"] == 3 and a.loc["CE alpha=0.5", "status"] == "finished x3"
+    assert a.loc["CE alpha=0.25", "run_ids"] == store["runs"]["CE alpha=0.25"][0]
+    b = df[df["table"] == "1b"].set_index("label")
+    assert len(b) == 7  # FL gamma=0 alpha=0.75 is the CE alpha .75 trial, listed in both tables
+    assert b.loc["FL gamma=0 alpha=0.75", "AP"] == pytest.approx(3.1)
+    assert b.loc[MISSING, "status"] == "missing" and pd.isna(b.loc[MISSING, "AP"])
+    assert b.loc[MISSING, "AP_paper"] == pytest.approx(32.2)  # missing rows still show the paper's numbers
+    assert b.loc[FAILED, "status"] == "failed" and pd.isna(b.loc[FAILED, "AP"])
+    md = (reported["dir"] / "table.md").read_text()
+    assert "| 5 | 0.25 | FL gamma=5 alpha=0.25 | missing |" in md
+    assert "\\toprule" in (reported["dir"] / "table.tex").read_text()
+
+
+def test_verdicts_and_index(reported):
+    summary = json.loads((reported["dir"] / "summary.json").read_text())
+    v = {x["claim"]: x["holds"] for x in summary["verdicts"]["1a"] + summary["verdicts"]["1b"]}
+    assert v["alpha .10 collapses"] is True
+    assert v["a mid alpha (.75 or .90) beats .50"] is True
+    assert v["FL at gamma 2 beats the best CE"] is True
+    assert v["best row matches the paper's"] is True
+    readme = (reported["out"] / "README.md").read_text()
+    assert "alpha_gamma" in readme and "profile cpu" in readme and "GPU-hours" in readme
+    assert "FL at gamma 2 beats the best CE: **holds**" in readme
+
+
+def test_plots_are_pngs_of_the_expected_size(reported):
+    for name in ("ap_vs_alpha_ce.png", "ap_vs_gamma_fl.png"):
+        path = reported["dir"] / name
+        assert path.stat().st_size > 5000
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size == (640, 400)
+
+
+def test_the_report_is_logged_on_the_parent_run(store, reported):
+    client = MlflowClient(store["uri"])
+    assert "report/table.md" in {a.path for a in client.list_artifacts(store["parent"], "report")}
+
+
+def test_verdicts_flip_when_the_numbers_do(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    flipped = {**AP, "CE alpha=0.1": 3.0, "CE alpha=0.5": 3.5, "FL gamma=2 alpha=0.25": 1.0}
+    fill_store(uri, flipped)
+    report = build_report(tracking.read_sweep_record(uri, "alpha_gamma"))
+    v = {x.claim: x.holds for t in ("1a", "1b") for x in report.verdicts[t]}
+    assert v["alpha .10 collapses"] is False
+    assert v["a mid alpha (.75 or .90) beats .50"] is False
+    assert v["FL at gamma 2 beats the best CE"] is False
+    assert v["best row matches the paper's"] is False
+
+
+def test_bad_input_is_one_line_and_exit_2(store, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["report", "no_such_sweep", "--tracking-uri", store["uri"], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown sweep 'no_such_sweep'") and "alpha_gamma" in err
+    assert main(["report", "--tracking-uri", "http://127.0.0.1:9", "--out", str(out)]) == 2
+    assert "cannot reach" in capsys.readouterr().err
+    assert main(["report", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    client = MlflowClient(store["uri"])
+    client.create_experiment("empty_sweep")
+    assert main(["report", "empty_sweep", "--tracking-uri", store["uri"], "--out", str(out)]) == 2
+    assert "has no trial runs" in capsys.readouterr().err
+    assert not out.exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_end_to_end_a_tiny_sweep_then_report(ray_session, orchestrator_dirs, tmp_path):
+    path = tmp_path / "tiny_report.yaml"
+    path.write_text("name: tiny_report\ntables: [1a]\nbase: {loss.kind: focal, loss.gamma: 0.0}\nrows:\n"
+                    "  - {label: \"CE alpha=0.25\", set: {loss.alpha: 0.25}}\n"
+                    "  - {label: \"CE alpha=0.75\", set: {loss.alpha: 0.75}}\n")
+    rc = main(["run", str(path), "--tracking-uri", orchestrator_dirs["uri"], "--storage-path",
+               str(orchestrator_dirs["storage"]), "--set", *orchestrator_dirs["settings"]])
+    assert rc == 0
+    out = tmp_path / "results"
+    assert main(["report", str(path), "--tracking-uri", orchestrator_dirs["uri"], "--out", str(out)]) == 0
+    md = (out / "tiny_report" / "table.md").read_text()
+    for label in ("CE alpha=0.25", "CE alpha=0.75"):
+        assert f"| {label} | finished |" in md
+    assert "| 0.1 |  | not in sweep |" in md  # the paper's other rows show as not run
