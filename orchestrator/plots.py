@@ -105,7 +105,25 @@ def write_plots(tables: Dict[str, pd.DataFrame], directory: Path) -> Dict[str, s
             continue
         name = FILES[table]
         out[name] = WHAT[table] if plot_table(table, df, directory / name) else "skipped: no row has a result yet"
-    if any(t in tables for t in ("1a", "1b")):
-        out["loss_distribution.png"] = ("skipped: Figure 4 (cumulative loss of positives / negatives from a trained "
-                                        "model) is not implemented in the report yet")
     return out
+
+
+LOSS_DISTRIBUTION = "loss_distribution.png"
+
+
+def plot_loss_distribution(dist: Dict[str, object], path: Path, source: str) -> None:
+    """Figure 4: cumulative normalized loss of positive and of negative samples, one line per gamma."""
+    fig, axes = plt.subplots(1, 2, figsize=FIG_SIZE, dpi=FIG_DPI, sharey=True)
+    x = dist["fraction"].numpy()
+    for ax, group in zip(axes, ("positives", "negatives")):
+        for gamma, curve in dist[group].items():
+            ax.plot(x, curve.numpy(), label=f"gamma = {gamma:g}")
+        ax.set_title(f"{group} ({dist[f'num_{group}']:,} samples)", fontsize=9)
+        ax.set_xlabel("fraction of samples (easiest first)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("cumulative normalized loss")
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"Loss distribution (Figure 4) of {source}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIG_DPI)
+    plt.close(fig)

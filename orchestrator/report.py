@@ -235,6 +235,9 @@ def our_rows(record) -> Dict[str, List[OurRow]]:
 # the table: paper rows beside ours
 
 
+FIGURE4_IMAGES = 50  # validation images whose anchors Figure 4 analyses
+
+
 def _fmt(x: float, digits: int = 1) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -495,6 +498,17 @@ class SweepReport:
     settings: Dict[str, Any]
     plots: Dict[str, str]  # file -> what it shows, or "" (skipped)
     notes: List[str]
+    figure4_source: Optional[Tuple[str, str]] = None  # (row label, checkpoint dir) of the FL gamma 2 trial
+
+
+def _figure4_source(rows: Dict[str, List["OurRow"]]) -> Optional[Tuple[str, str]]:
+    """The finished FL gamma 2 trial whose checkpoint Figure 4 analyses (the paper uses its best FL model)."""
+    for row in rows.get("1b", []):
+        for trial in row.done:
+            gamma = trial["config"].get("loss.gamma")
+            if gamma is not None and float(gamma) == 2.0 and trial["tags"].get("checkpoint"):
+                return row.label, trial["tags"]["checkpoint"]
+    return None
 
 
 def build_report(record) -> SweepReport:
@@ -503,7 +517,7 @@ def build_report(record) -> SweepReport:
     order = [t for t in TABLES if t in set(declared) | set(rows)]
     tables = {t: build_table(t, rows.get(t, [])) for t in order if t in PAPER}
     found = {t: verdicts(t, df, tables) for t, df in tables.items()}
-    return SweepReport(record.name, tables, found, settings(record), {}, [])
+    return SweepReport(record.name, tables, found, settings(record), {}, [], _figure4_source(rows))
 
 
 def write_report(report: SweepReport, directory: Path) -> None:
@@ -511,6 +525,8 @@ def write_report(report: SweepReport, directory: Path) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     report.plots = plots.write_plots(report.tables, directory)
+    if "1b" in report.tables:
+        report.plots[plots.LOSS_DISTRIBUTION] = _write_figure4(report, directory / plots.LOSS_DISTRIBUTION)
     s = report.settings
     md = [f"# {report.name}: our numbers beside the paper's", "",
           f"Profile **{s['profile']}**: {s['data']}, {s['model']}, {s['iterations']} iterations of batch "
@@ -534,6 +550,27 @@ def write_report(report: SweepReport, directory: Path) -> None:
                "verdicts": {t: [{"claim": v.claim, "holds": v.holds, "detail": v.detail} for v in vs]
                             for t, vs in report.verdicts.items()}}
     (directory / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def _write_figure4(report: SweepReport, path: Path) -> str:
+    """Figure 4 from the FL gamma 2 trial's final checkpoint; returns what the plot shows or why it was skipped."""
+    from retina.analysis import collect_logits, loss_distribution
+
+    from . import plots
+
+    if report.figure4_source is None:
+        return "skipped: no finished FL gamma 2 trial with a checkpoint"
+    label, directory = report.figure4_source
+    checkpoint = Path(directory) / "checkpoint.pt"
+    if not checkpoint.is_file():
+        return f"skipped: the checkpoint of {label} ({checkpoint}) is not reachable from this machine"
+    dist = loss_distribution(collect_logits(checkpoint, max_images=FIGURE4_IMAGES))
+    plots.plot_loss_distribution(dist, path, label)
+    neg, pos = dist["negatives"], dist["positives"]
+    return (f"loss distribution (Figure 4) of {label} on {FIGURE4_IMAGES} validation images: the easiest 80% of "
+            f"negatives carry {100 * float(neg[2.0][160]):.1f}% of their loss at gamma 2 vs "
+            f"{100 * float(neg[0.0][160]):.1f}% at gamma 0; of positives {100 * float(pos[2.0][160]):.1f}% vs "
+            f"{100 * float(pos[0.0][160]):.1f}%")
 
 
 def write_index(out: Path) -> None:

@@ -1,0 +1,75 @@
+"""The paper's Figure 4: how the loss of a trained model is distributed over its anchors.
+
+For one trained model, every (anchor, class) element of the validation images is a sample: positive
+where the anchor is matched to a box of that class, negative where it is not (ignored anchors are
+left out). Its focal loss is computed for several gamma; within the positives and within the
+negatives the losses are sorted ascending and normalized to sum 1, so the curve at fraction x is the
+share of the total loss carried by the easiest x of the samples (a Lorenz curve). alpha only scales
+each group and so drops out of the normalized curves.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Sequence
+
+import torch
+
+from .boxes import IGNORE, match_anchors, pad_targets
+from .config import from_container
+from .losses import focal_loss
+from .model import from_config as model_from_config
+
+PAPER_GAMMAS = (0.0, 0.5, 1.0, 2.0)
+
+
+def lorenz(losses: torch.Tensor, points: int = 201) -> torch.Tensor:
+    """Cumulative share of the total loss held by the easiest fraction x of samples, at ``points``
+    evenly spaced x in [0, 1]: (points,), from 0 to 1."""
+    values = losses.double().sort().values
+    cumulative = torch.cat([torch.zeros(1, dtype=values.dtype), values.cumsum(0)])
+    cumulative = cumulative / cumulative[-1].clamp(min=1e-300)
+    idx = torch.linspace(0, len(values), points).round().long()
+    return cumulative[idx].float()
+
+
+@torch.no_grad()
+def collect_logits(checkpoint: str | Path, max_images: int = 50) -> Dict[str, torch.Tensor]:
+    """Class logits of the model in ``checkpoint`` on the first validation images, split into positive
+    and negative samples: {"positives": (P,), "negatives": (Q,)}."""
+    from .train import build_datasets, load_checkpoint, val_loader
+
+    state = load_checkpoint(checkpoint)
+    cfg = from_container(state["config"])
+    device = torch.device("cpu")
+    _, val_set = build_datasets(cfg)
+    model = model_from_config(cfg, state["num_classes"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    cfg.data.max_val_images = max_images
+    loader, _ = val_loader(val_set, cfg, device)
+    positives, negatives = [], []
+    for batch in loader:
+        out = model(batch["images"])
+        gt_boxes, gt_labels, gt_crowd, gt_valid = pad_targets(batch["boxes"], batch["labels"], batch["iscrowd"], device)
+        labels = match_anchors(out["anchors"], gt_boxes, gt_valid, gt_crowd, cfg.matcher.fg_iou, cfg.matcher.bg_iou,
+                               cfg.matcher.allow_low_quality_matches)
+        logits = out["cls_logits"].float()  # (N, R, K)
+        targets = torch.zeros_like(logits, dtype=torch.bool)
+        img, anchor = (labels >= 0).nonzero(as_tuple=True)
+        targets[img, anchor, gt_labels[img, labels[img, anchor]]] = True
+        used = (labels != IGNORE).unsqueeze(2).expand_as(logits)
+        positives.append(logits[targets & used])
+        negatives.append(logits[~targets & used])
+    return {"positives": torch.cat(positives), "negatives": torch.cat(negatives)}
+
+
+def loss_distribution(logits: Dict[str, torch.Tensor], gammas: Sequence[float] = PAPER_GAMMAS,
+                      points: int = 201) -> Dict[str, object]:
+    """{"fraction": (points,), "positives": {gamma: curve}, "negatives": {gamma: curve}, counts}."""
+    out: Dict[str, object] = {"fraction": torch.linspace(0, 1, points)}
+    for group, target in (("positives", 1.0), ("negatives", 0.0)):
+        x = logits[group]
+        t = torch.full_like(x, target)
+        out[group] = {g: lorenz(focal_loss(x, t, alpha=0.5, gamma=g), points) for g in gammas}
+        out[f"num_{group}"] = int(x.numel())
+    return out
