@@ -16,7 +16,7 @@ import torch
 
 from .boxes import IGNORE, match_anchors, pad_targets
 from .config import from_container
-from .losses import focal_loss
+from .losses import classification_targets, focal_loss
 from .model import from_config as model_from_config
 
 PAPER_GAMMAS = (0.0, 0.5, 1.0, 2.0)
@@ -54,9 +54,7 @@ def collect_logits(checkpoint: str | Path, max_images: int = 50) -> Dict[str, to
         labels = match_anchors(out["anchors"], gt_boxes, gt_valid, gt_crowd, cfg.matcher.fg_iou, cfg.matcher.bg_iou,
                                cfg.matcher.allow_low_quality_matches)
         logits = out["cls_logits"].float()  # (N, R, K)
-        targets = torch.zeros_like(logits, dtype=torch.bool)
-        img, anchor = (labels >= 0).nonzero(as_tuple=True)
-        targets[img, anchor, gt_labels[img, labels[img, anchor]]] = True
+        targets = classification_targets(labels, gt_labels, logits.shape[2]).bool()
         used = (labels != IGNORE).unsqueeze(2).expand_as(logits)
         positives.append(logits[targets & used])
         negatives.append(logits[~targets & used])

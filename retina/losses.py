@@ -13,13 +13,13 @@ at p_t = 1 (sigmoid saturates to exactly 1 in float32 for |x| > ~17).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import nms
 
-from .boxes import BACKGROUND, IGNORE, encode
+from .boxes import IGNORE, encode
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
@@ -70,6 +70,16 @@ def ohem_select(anchor_losses: torch.Tensor, anchors: torch.Tensor, labels: torc
     mask[pos[:num_pos]] = True
     mask[neg[:num_neg]] = True
     return mask
+
+
+def classification_targets(labels: torch.Tensor, gt_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One-hot targets (N, R, K) in {0, 1}: 1 at (image, anchor, class of its matched box) for
+    foreground anchors; ``labels`` (N, R) from match_anchors, ``gt_labels`` (N, G) contiguous."""
+    n, r = labels.shape
+    targets = torch.zeros(n, r, num_classes, device=labels.device)
+    img, anchor = (labels >= 0).nonzero(as_tuple=True)
+    targets[img, anchor, gt_labels[img, labels[img, anchor]]] = 1.0
+    return targets
 
 
 @dataclass
@@ -127,9 +137,8 @@ class RetinaLoss:
         fg = labels >= 0  # (N, R)
         num_fg = int(fg.sum())
         matched = labels.clamp(min=0)  # (N, R) gt index (garbage where not fg)
-        targets = torch.zeros_like(cls_logits, dtype=torch.float32)
+        targets = classification_targets(labels, gt_labels, k)
         fg_img, fg_anchor = fg.nonzero(as_tuple=True)
-        targets[fg_img, fg_anchor, gt_labels[fg_img, matched[fg_img, fg_anchor]]] = 1.0
 
         per_element = focal_loss(cls_logits, targets, self.alpha, self.gamma)  # (N, R, K)
         if self.kind == "ohem":
