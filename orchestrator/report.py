@@ -327,10 +327,11 @@ def _ap(df: pd.DataFrame, **where) -> Optional[float]:
 
 
 def _status(df: pd.DataFrame, **where) -> Optional[str]:
+    """The row's status without seed counts ("diverged x3" -> "diverged"; a mix stays a mix)."""
     sel = df[df["primary"]]
     for k, v in where.items():
         sel = sel[sel[k] == v]
-    return str(sel["status"].iloc[0]) if len(sel) else None
+    return re.sub(r" x\d+", "", str(sel["status"].iloc[0])) if len(sel) else None
 
 
 def _cmp(claim: str, a: Optional[float], b: Optional[float], what_a: str, what_b: str) -> Verdict:

@@ -1,0 +1,277 @@
+"""`orchestrator.report` for tables 1c, 1d, 1e and section 5.1: the paper's rows with our numbers beside
+them, and each table's claim computed from what an MLflow store holds. The store is filled through
+MLflow's own client the way the orchestrator records a sweep (as in test_report.py: parent run with
+sweep.yaml and trials.json, one trial run per trial with its tags and flattened config as params);
+no mocks, no training, no Ray. Each claim holds with numbers shaped like the paper's and stops holding
+when the numbers are flipped."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from orchestrator import tracking
+from orchestrator.report import OUR_METRIC, PAPER, build_report, paper_key, paper_table
+from orchestrator.sweep import load_sweep
+from retina.config import flatten
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = PROJECT_ROOT / "sweeps"
+SWEEP_OF = {"1c": "anchors", "1d": "ohem_vs_fl", "1e": "speed_accuracy", "5.1": "prior_init"}
+CLAIM = {"1c": "more scales or ratios beat a single square anchor", "1d": "FL beats every OHEM row",
+         "1e": "AP and time both grow with scale and depth", "5.1": "CE without the prior diverges, with it trains"}
+
+# label -> {metric: value} (our MLflow metric names); a label absent from the dict gets no metrics
+Metrics = Dict[str, Dict[str, float]]
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory) -> Path:
+    """One migrated, empty MLflow sqlite store; each test store starts as a copy (fast)."""
+    tracking.ensure_quiet()
+    path = tmp_path_factory.mktemp("empty") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@lru_cache(maxsize=None)
+def sweep_of(sweep_name: str):
+    """The sweep file, loaded once (loading resolves every trial's config: slow)."""
+    return load_sweep(SWEEPS / f"{sweep_name}.yaml")
+
+
+def fill_store(uri: str, sweep_name: str, metrics: Metrics, status: Optional[Dict[str, str]] = None) -> dict:
+    """The sweep ``sweeps/<sweep_name>.yaml`` as the orchestrator records it, written with MlflowClient."""
+    path = SWEEPS / f"{sweep_name}.yaml"
+    sweep = sweep_of(sweep_name)
+    client = MlflowClient(uri)
+    exp = client.create_experiment(sweep.name)
+    parent = client.create_run(exp, tags={"kind": "sweep", "sweep": sweep.name, "table": ",".join(sweep.tables),
+                                          "profile": sweep.profile, "overrides": "", "status": "finished",
+                                          "code_version": "test"}).info.run_id
+    client.log_text(parent, path.read_text(), "sweep.yaml")
+    client.log_text(parent, json.dumps(tracking.trials_manifest(sweep)), "trials.json")
+    run_ids = {}
+    for trial in sweep.trials:
+        label = trial.memberships[0].label
+        tags = {**tracking.trial_tags(sweep, trial), "mlflow.parentRunId": parent, "device": "cpu", "host": "h",
+                "status": (status or {}).get(label, "finished")}
+        run = client.create_run(exp, tags=tags).info.run_id
+        params = [Param(k, tracking._param_value(v)) for k, v in sorted(flatten(trial.config).items())]
+        values = {**metrics.get(label, {}), "train_time_s": 60.0}
+        ms = [Metric(name, float(x), 0, 240) for name, x in values.items()]
+        for i in range(0, len(params), 100):
+            client.log_batch(run, params=params[i:i + 100], metrics=ms if i == 0 else [])
+        run_ids[label] = run
+    return {"parent": parent, "runs": run_ids}
+
+
+def paper_shaped(table: str, scale: float = 0.1) -> Metrics:
+    """Our metrics per row label: the paper's numbers for the row the trial stands for, at a tenth."""
+    sweep = sweep_of(SWEEP_OF[table])
+    paper = paper_table(table)
+    keys, cols = PAPER[table][1], PAPER[table][2]
+    out: Metrics = {}
+    for trial in sweep.trials:
+        tags = tracking.trial_tags(sweep, trial)
+        key = paper_key(table, flatten(trial.config), tags)
+        match = paper[paper[keys].apply(tuple, axis=1) == key]
+        assert len(match) == 1, f"{trial.label}: {key} is not one paper row"
+        row = match.iloc[0]
+        out[trial.label] = {OUR_METRIC[c]: scale * float(row[c]) for c in cols if not math.isnan(float(row[c]))}
+    return out
+
+
+def report_of(tmp_path: Path, empty_db: Path, table: str, metrics: Metrics,
+              status: Optional[Dict[str, str]] = None, name: str = "mlflow.db"):
+    db = tmp_path / name
+    shutil.copy(empty_db, db)
+    uri = f"sqlite:///{db}"
+    filled = fill_store(uri, SWEEP_OF[table], metrics, status)
+    report = build_report(tracking.read_sweep_record(uri, SWEEP_OF[table]))
+    return report, filled
+
+
+def claim(report, table: str) -> Optional[bool]:
+    found = {v.claim: v for v in report.verdicts[table]}
+    assert CLAIM[table] in found, f"{table}: no verdict '{CLAIM[table]}' in {list(found)}"
+    return found[CLAIM[table]].holds
+
+
+def with_changes(metrics: Metrics, changes: Dict[str, Dict[str, float]]) -> Metrics:
+    return {label: {**m, **changes.get(label, {})} for label, m in metrics.items()}
+
+
+def assert_paper_rows_beside_ours(table: str, df: pd.DataFrame, metrics: Metrics, runs: Dict[str, str]) -> None:
+    """Every paper row, in the paper's order, with its key values and numbers, one trial beside each."""
+    paper = paper_table(table)
+    keys, cols = PAPER[table][1], PAPER[table][2]
+    assert len(df) == len(paper) == len(metrics)
+    assert (df["table"] == table).all() and df["primary"].all()
+    assert list(df[keys].apply(tuple, axis=1)) == list(paper[keys].apply(tuple, axis=1))
+    for (_, ours), (_, ref) in zip(df.iterrows(), paper.iterrows()):
+        label = ours["label"]
+        assert label in metrics and ours["run_ids"] == runs[label]
+        assert ours["status"] == "finished" and ours["seeds"] == 1
+        for c in cols:
+            assert ours[f"{c}_paper"] == pytest.approx(float(ref[c]))
+            assert ours[c] == pytest.approx(metrics[label][OUR_METRIC[c]])
+            assert ours[f"{c}_diff"] == pytest.approx(ours[c] - float(ref[c]))
+
+
+# ----------------------------------------------------------------------------------------------
+# 1c: anchors
+
+
+def test_1c_table_and_claim_holds(tmp_path, empty_db):
+    metrics = paper_shaped("1c")
+    report, filled = report_of(tmp_path, empty_db, "1c", metrics)
+    assert list(report.tables) == ["1c"]
+    df = report.tables["1c"]
+    assert_paper_rows_beside_ours("1c", df, metrics, filled["runs"])
+    assert list(df["label"]) == ["1 scale x 1 ratio", "2 scales x 1 ratio", "3 scales x 1 ratio", "1 scale x 3 ratios",
+                                 "2 scales x 3 ratios", "3 scales x 3 ratios", "4 scales x 3 ratios"]
+    assert df.set_index("label").loc["2 scales x 3 ratios", "AP_paper"] == pytest.approx(34.2)
+    assert claim(report, "1c") is True
+    v = {x.claim: x.holds for x in report.verdicts["1c"]}
+    assert v["best row matches the paper's"] is True
+    assert v["rank agreement with the paper (Spearman rho of AP over rows)"] is True
+
+
+def test_1c_claim_flips_when_the_single_square_anchor_wins(tmp_path, empty_db):
+    metrics = with_changes(paper_shaped("1c"), {"1 scale x 1 ratio": {"AP": 5.0}})
+    report, _ = report_of(tmp_path, empty_db, "1c", metrics)
+    assert claim(report, "1c") is False
+    assert {x.claim: x.holds for x in report.verdicts["1c"]}["best row matches the paper's"] is False
+
+
+# ----------------------------------------------------------------------------------------------
+# 1d: OHEM vs FL
+
+
+def test_1d_table_and_claim_holds(tmp_path, empty_db):
+    metrics = paper_shaped("1d")
+    report, filled = report_of(tmp_path, empty_db, "1d", metrics)
+    df = report.tables["1d"]
+    assert_paper_rows_beside_ours("1d", df, metrics, filled["runs"])
+    by = df.set_index("label")
+    assert tuple(by.loc["FL", ["method", "batch_size", "nms_thr"]]) == ("FL", "", "")
+    assert tuple(by.loc["OHEM 1:3 batch=256 nms=0.5", ["method", "batch_size", "nms_thr"]]) == ("OHEM 1:3", "256", "0.5")
+    assert tuple(by.loc["OHEM batch=512 nms=0.7", ["method", "batch_size", "nms_thr"]]) == ("OHEM", "512", "0.7")
+    assert by.loc["FL", "AP_paper"] == pytest.approx(36.0) and by.loc["FL", "AP"] == pytest.approx(3.6)
+    assert claim(report, "1d") is True
+
+
+@pytest.mark.parametrize("ohem_row", ["OHEM batch=128 nms=0.5", "OHEM 1:3 batch=512 nms=0.5"])
+def test_1d_claim_flips_when_an_ohem_row_beats_fl(tmp_path, empty_db, ohem_row):
+    metrics = with_changes(paper_shaped("1d"), {ohem_row: {"AP": 3.7}})  # FL: 3.6
+    report, _ = report_of(tmp_path, empty_db, "1d", metrics)
+    assert claim(report, "1d") is False
+
+
+# ----------------------------------------------------------------------------------------------
+# 1e: speed / accuracy
+
+
+def test_1e_table_and_claim_holds(tmp_path, empty_db):
+    metrics = paper_shaped("1e")
+    report, filled = report_of(tmp_path, empty_db, "1e", metrics)
+    df = report.tables["1e"]
+    assert_paper_rows_beside_ours("1e", df, metrics, filled["runs"])
+    # rows keep the paper's scale although the cpu profile ran smaller images (tag `scaled`)
+    by = df.set_index("label")
+    assert tuple(by.loc["R101 800px", ["depth", "scale"]]) == ("101", "800")
+    assert by.loc["R101 800px", "time_ms_paper"] == pytest.approx(198) and by.loc["R101 800px", "time_ms"] == pytest.approx(19.8)
+    assert by.loc["R50 400px", "APS_paper"] == pytest.approx(11.2) and by.loc["R50 400px", "APS"] == pytest.approx(1.12)
+    assert claim(report, "1e") is True
+
+
+def test_1e_claim_flips_when_ap_falls_with_scale(tmp_path, empty_db):
+    metrics = paper_shaped("1e")
+    r101 = [f"R101 {s}px" for s in (400, 500, 600, 700, 800)]
+    flipped = with_changes(metrics, {a: {"AP": metrics[b]["AP"]} for a, b in zip(r101, reversed(r101))})
+    report, _ = report_of(tmp_path, empty_db, "1e", flipped)
+    assert claim(report, "1e") is False
+
+
+def test_1e_claim_flips_when_time_falls_with_scale(tmp_path, empty_db):
+    metrics = paper_shaped("1e")
+    r50 = [f"R50 {s}px" for s in (400, 500, 600, 700, 800)]
+    flipped = with_changes(metrics, {a: {"inference_ms": metrics[b]["inference_ms"]} for a, b in zip(r50, reversed(r50))})
+    report, _ = report_of(tmp_path, empty_db, "1e", flipped)
+    assert claim(report, "1e") is False
+
+
+def test_1e_claim_flips_when_the_shallower_net_is_better(tmp_path, empty_db):
+    metrics = paper_shaped("1e")
+    # R50 above R101 at every scale (each still growing with scale)
+    flipped = with_changes(metrics, {f"R50 {s}px": {"AP": metrics[f"R101 {s}px"]["AP"] + 0.5}
+                                     for s in (400, 500, 600, 700, 800)})
+    report, _ = report_of(tmp_path, empty_db, "1e", flipped)
+    assert claim(report, "1e") is False
+
+
+# ----------------------------------------------------------------------------------------------
+# 5.1: prior initialization (no csv: the paper's prose, PAPER_5_1)
+
+WITH, WITHOUT = "CE with prior init", "CE without prior init"
+
+
+def test_5_1_table_and_claim_holds(tmp_path, empty_db):
+    metrics = {WITH: {"AP": 3.02, "AP50": 4.67, "AP75": 3.28}}  # without the prior: diverged, no AP
+    report, filled = report_of(tmp_path, empty_db, "5.1", metrics, status={WITHOUT: "diverged"})
+    assert list(report.tables) == ["5.1"]
+    df = report.tables["5.1"].set_index("prior_init")
+    assert list(df.index) == ["true", "false"]  # the paper's rows, from report.PAPER_5_1
+    assert df.loc["true", "label"] == WITH and df.loc["false", "label"] == WITHOUT
+    assert df.loc["true", "paper_outcome"] == "trains (30.2 AP)" and df.loc["false", "paper_outcome"] == "diverges"
+    assert df.loc["true", "AP_paper"] == pytest.approx(30.2) and math.isnan(df.loc["false", "AP_paper"])
+    assert df.loc["true", "AP"] == pytest.approx(3.02) and math.isnan(df.loc["false", "AP"])
+    assert df.loc["true", "status"] == "finished" and df.loc["false", "status"] == "diverged"
+    assert df.loc["true", "run_ids"] == filled["runs"][WITH] and df.loc["false", "run_ids"] == filled["runs"][WITHOUT]
+    assert claim(report, "5.1") is True
+    assert [v.claim for v in report.verdicts["5.1"]] == [CLAIM["5.1"]]  # no rank verdicts: one real row
+
+
+def test_5_1_claim_flips_when_no_prior_trains(tmp_path, empty_db):
+    metrics = {WITH: {"AP": 3.02}, WITHOUT: {"AP": 2.9}}
+    report, _ = report_of(tmp_path, empty_db, "5.1", metrics)  # both finished
+    assert claim(report, "5.1") is False
+
+
+def test_5_1_claim_flips_when_the_prior_diverges_too(tmp_path, empty_db):
+    report, _ = report_of(tmp_path, empty_db, "5.1", {}, status={WITH: "diverged", WITHOUT: "diverged"})
+    assert claim(report, "5.1") is False
+
+
+def test_5_1_claim_not_checked_without_a_run(tmp_path, empty_db):
+    db = tmp_path / "mlflow.db"
+    shutil.copy(empty_db, db)
+    uri = f"sqlite:///{db}"
+    filled = fill_store(uri, "prior_init", {WITH: {"AP": 3.02}}, status={WITHOUT: "diverged"})
+    MlflowClient(uri).delete_run(filled["runs"][WITHOUT])
+    report = build_report(tracking.read_sweep_record(uri, "prior_init"))
+    df = report.tables["5.1"].set_index("prior_init")
+    assert df.loc["false", "status"] == "missing"
+    assert claim(report, "5.1") is None
+
+
+def test_5_1_claim_counts_every_seed_of_a_row():
+    """Three seeds per row: statuses read "diverged x3" / "finished x3", and the claim still holds."""
+    import pandas as pd
+
+    from orchestrator.report import verdicts
+
+    df = pd.DataFrame({"primary": [True, True], "prior_init": ["true", "false"],
+                       "status": ["finished x3", "diverged x3"], "AP": [5.0, float("nan")]})
+    assert verdicts("5.1", df)[0].holds is True
+    df["status"] = ["finished x3", "finished, diverged x2"]
+    assert verdicts("5.1", df)[0].holds is False
