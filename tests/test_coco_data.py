@@ -223,15 +223,14 @@ def test_missing_image_file_raises_data_error_naming_it_and_the_annotation_file(
     assert str(images / "a.png") in message and str(path) in message
 
 
-def test_corrupt_image_raises_data_error_naming_it_on_access(tmp_path):
+def test_corrupt_image_raises_data_error_naming_it_at_construction(tmp_path):
     path, images = _tiny_dataset(tmp_path)
     data = json.loads(path.read_text())
     data["images"][0]["file_name"] = "broken.jpg"
     path.write_text(json.dumps(data))
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
-    dataset = CocoDetection(path, images, train=False, min_size=20, max_size=40)
     with pytest.raises(DataError) as excinfo:
-        dataset[0]
+        CocoDetection(path, images, train=False, min_size=20, max_size=40)
     assert str(images / "broken.jpg") in _one_line_error(excinfo)
 
 
@@ -243,15 +242,25 @@ def test_unknown_category_id_raises_data_error_naming_the_annotation(tmp_path):
     assert str(path) in message and "annotation 41" in message and "category_id=3" in message
 
 
-def test_negative_width_counts_as_degenerate_and_is_dropped(tmp_path):
+def test_negative_width_is_a_data_error_naming_the_annotation(tmp_path):
     path, images = _tiny_dataset(tmp_path, [
         {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 5]},
         {"id": 2, "image_id": 1, "category_id": 7, "bbox": [20, 3, -4, 5]},
     ])
+    with pytest.raises(DataError) as excinfo:
+        CocoDetection(path, images, train=False, min_size=20, max_size=40)
+    message = _one_line_error(excinfo)
+    assert str(path) in message and "annotation 2" in message and "negative width or height" in message
+
+
+def test_zero_width_box_is_dropped_and_the_rest_kept(tmp_path):
+    path, images = _tiny_dataset(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 5]},
+        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [20, 3, 0, 5]},
+    ])
     dataset = CocoDetection(path, images, train=False, min_size=20, max_size=40)
     assert dataset.num_degenerate_dropped == 1
-    sample = dataset[0]
-    torch.testing.assert_close(sample["boxes"], torch.tensor([[2.0, 3.0, 12.0, 8.0]]))  # 30x20 is not resized
+    torch.testing.assert_close(dataset[0]["boxes"], torch.tensor([[2.0, 3.0, 12.0, 8.0]]))  # 30x20 is not resized
 
 
 def test_grayscale_image_loads_with_three_channels(tmp_path):

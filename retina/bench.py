@@ -1,0 +1,459 @@
+"""Throughput benchmark: our trainer's step vs torchvision's RetinaNet, same settings, one JSON line.
+
+    python -m retina.bench [--device cpu|cuda] [--profile cpu|gpu|paper] [--iterations N] [--warmup N]
+                           [key=value ...]
+
+In one process, one after the other: (1) our training step exactly as ``retina.train.fit`` runs it
+(forward, pad_targets, match_anchors, RetinaLoss, backward, [grad clip], SGD step; bf16 autocast and
+channels_last on CUDA when the profile says so) on batches from the profile's loader; (2) torchvision's
+``RetinaNet`` (ResNet-FPN via ``_resnet_fpn_extractor``, weights=None) on the same batches (same
+sampler, so the same images, flips and order), converted to its input format; (3) inference of both
+(ours: forward + ``postprocess``; torchvision: eval forward) on the same validation batches.
+
+Both models get: the profile's ResNet depth, FPN width 256 and 4 head convs (torchvision's are fixed
+at 256 / 4), the same 9 anchors per location (sizes and ratios), image size, batch size, precision,
+memory format, optimizer, learning-rate schedule, gradient clipping, matcher thresholds and
+post-processing thresholds. What cannot be made equal is listed under ``not_equal`` in the output.
+This is a script, not a test; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from functools import partial
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torchvision
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import config as config_lib
+from .boxes import match_anchors, pad_targets
+from .data import IMAGENET_MEAN, IMAGENET_STD
+from .losses import from_config as loss_from_config
+from .model import RESNET_C_CHANNELS, from_config as model_from_config
+from .train import StreamBatchSampler, build_datasets, learning_rate, make_loader, resolve_device, val_loader
+
+H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H200 SXM, bf16 tensor core, dense (no sparsity)
+
+# Both models at torchvision's fixed widths: FPN 256, 4 convs per subnet.
+FAIR_OVERRIDES = ["model.fpn_channels=256", "model.head_convs=4"]
+# The issue's CUDA setting: the paper's recipe (ResNet-50, batch 16, bf16, channels_last) on
+# synthetic 600 px images, so that no COCO is needed.
+CUDA_DEFAULT_OVERRIDES = [
+    "data.source=synthetic", "data.synthetic.image_size=600", "data.min_size=600", "data.max_size=1000",
+    "data.synthetic.num_train=512", "data.synthetic.num_val=64",
+    "data.synthetic.min_object_size=32", "data.synthetic.max_object_size=400",
+]
+
+Batch = Dict[str, object]  # retina.data.collate's output
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+def bench_config(device: str, profile: Optional[str], overrides: List[str]) -> DictConfig:
+    """The profile (default: cpu on CPU, paper at 600 px synthetic on CUDA) + fair widths + overrides."""
+    base = []
+    if profile is None:
+        profile = "paper" if device == "cuda" else "cpu"
+        if device == "cuda":
+            base = list(CUDA_DEFAULT_OVERRIDES)
+    cfg = config_lib.load_config(profile, overrides=base + FAIR_OVERRIDES + [f"train.device={device}"] + overrides)
+    if cfg.model.fpn_channels != 256:
+        raise config_lib.ConfigError("model.fpn_channels: torchvision's ResNet-FPN is fixed at 256; keep 256")
+    return cfg
+
+
+def uses_amp(cfg: DictConfig, device: torch.device) -> bool:
+    return bool(cfg.train.amp) and device.type == "cuda"
+
+
+def uses_channels_last(cfg: DictConfig, device: torch.device) -> bool:
+    return bool(cfg.model.channels_last) and device.type == "cuda"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# the two models
+
+
+def build_ours(cfg: DictConfig, num_classes: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(cfg.train.seed)
+    model = model_from_config(cfg, num_classes).to(device)
+    if uses_channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def torchvision_anchor_sizes(cfg: DictConfig) -> Tuple[Tuple[float, ...], ...]:
+    """Our anchor sizes per level P3..P7: base_size * 2^(l-3) * 2^(k/n), k = 0..n-1."""
+    a = cfg.anchors
+    scales = [2.0 ** (k / a.scales_per_octave) for k in range(a.scales_per_octave)]
+    return tuple(tuple(a.base_size * 2 ** level * s for s in scales) for level in range(5))
+
+
+def build_torchvision(cfg: DictConfig, num_classes: int, device: torch.device) -> nn.Module:
+    """torchvision's RetinaNet at our settings: ResNet-{depth}-FPN-256 with P6 from C5 (as ours),
+    4-conv heads ([GroupNorm] as ours), our anchors, matcher, transform sizes and eval thresholds."""
+    from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.retinanet import RetinaNetHead
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    torch.manual_seed(cfg.train.seed)
+    depth = cfg.model.depth
+    resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    c5 = RESNET_C_CHANNELS[depth][-1]
+    # in_channels (c5) != 256 -> LastLevelP6P7 takes C5, as our FPN does (torchvision's v1 takes P5)
+    backbone = _resnet_fpn_extractor(resnet, trainable_layers=5, returned_layers=[2, 3, 4],
+                                     extra_blocks=LastLevelP6P7(c5, 256))
+    ratios = tuple(float(r) for r in cfg.anchors.aspect_ratios)
+    anchors = AnchorGenerator(torchvision_anchor_sizes(cfg), (ratios,) * 5)
+    norm = partial(nn.GroupNorm, 32) if cfg.model.head_norm == "group" else None
+    head = RetinaNetHead(256, anchors.num_anchors_per_location()[0], num_classes, norm_layer=norm)
+    matcher = det_utils.Matcher(cfg.matcher.fg_iou, cfg.matcher.bg_iou,
+                                allow_low_quality_matches=cfg.matcher.allow_low_quality_matches)
+    e = cfg.eval
+    model = TorchvisionRetinaNet(
+        backbone, num_classes, min_size=cfg.data.min_size, max_size=cfg.data.max_size,
+        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), anchor_generator=anchors, head=head,
+        proposal_matcher=matcher, score_thresh=e.score_thresh, nms_thresh=e.nms_thresh, detections_per_img=e.max_detections,
+        fg_iou_thresh=cfg.matcher.fg_iou, bg_iou_thresh=cfg.matcher.bg_iou, topk_candidates=e.topk_per_level)
+    model.transform.size_divisible = cfg.data.size_divisibility
+    model.head.regression_head._loss_type = "smooth_l1"  # beta 1/9 (ours: loss.smooth_l1_beta)
+    model = model.to(device)
+    if uses_channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+# ----------------------------------------------------------------------------------------------
+# batches
+
+
+def to_torchvision(batch: Batch) -> Tuple[List[torch.Tensor], List[Dict[str, torch.Tensor]]]:
+    """Our collated batch -> torchvision's inputs: un-normalized, un-padded (3, h, w) images in [0, 1]
+    and targets {boxes (G, 4) xyxy, labels (G,)}."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    images = [batch["images"][i, :, :h, :w] * std + mean for i, (h, w) in enumerate(batch["image_sizes"])]
+    targets = [{"boxes": b, "labels": l} for b, l in zip(batch["boxes"], batch["labels"])]
+    return images, targets
+
+
+def train_batches(cfg: DictConfig, train_set, num_steps: int, device: torch.device) -> torch.utils.data.DataLoader:
+    """The trainer's loader over ``num_steps`` batches; the same batches each time it is built."""
+    t = cfg.train
+    sampler = StreamBatchSampler(len(train_set), t.batch_size, num_steps, t.seed, cfg.data.flip_prob)
+    return make_loader(train_set, sampler, cfg, device)
+
+
+def inference_batches(cfg: DictConfig, val_set, num_batches: int, device: torch.device) -> List[Batch]:
+    """The first ``num_batches`` validation batches (eval.batch_size images each), cycled, in memory."""
+    loader, _ = val_loader(val_set, cfg, device)
+    batches = list(loader)
+    return [batches[i % len(batches)] for i in range(num_batches)]
+
+
+# ----------------------------------------------------------------------------------------------
+# training steps: (batch) -> None, one optimizer step each
+
+
+def our_step(cfg: DictConfig, model: nn.Module, optimizer, loss_fn, device: torch.device) -> Callable:
+    """The body of retina.train.fit's loop, without the logging and checkpointing."""
+    t, m = cfg.train, cfg.matcher
+    iteration = [0]
+
+    def step(batch: Batch) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(t, iteration[0])
+        images = batch["images"].to(device, non_blocking=True)  # (N, 3, Hp, Wp)
+        if uses_channels_last(cfg, device):
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_amp(cfg, device)):
+            out = model(images)  # cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4)
+        gt_boxes, gt_labels, gt_crowd, gt_valid = pad_targets(batch["boxes"], batch["labels"], batch["iscrowd"],
+                                                              device)  # (N, G, 4), (N, G), (N, G), (N, G)
+        labels = match_anchors(out["anchors"], gt_boxes, gt_valid, gt_crowd, m.fg_iou, m.bg_iou,
+                               m.allow_low_quality_matches)  # (N, R)
+        losses = loss_fn(out["cls_logits"], out["box_deltas"], out["anchors"], labels, gt_boxes, gt_labels)
+        float(losses.total.detach())  # the trainer's finiteness check: one host sync per step
+        optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        if t.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
+        optimizer.step()
+        iteration[0] += 1
+
+    return step
+
+
+def torchvision_step(cfg: DictConfig, model: nn.Module, optimizer, device: torch.device) -> Callable:
+    """The same step for torchvision's model: its forward computes the losses."""
+    t = cfg.train
+    iteration = [0]
+
+    def step(batch: Batch) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(t, iteration[0])
+        images, targets = to_torchvision(batch)
+        images = [x.to(device, non_blocking=True) for x in images]  # N x (3, h, w)
+        targets = [{k: v.to(device, non_blocking=True) for k, v in d.items()} for d in targets]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_amp(cfg, device)):
+            losses = model(images, targets)  # {classification, bbox_regression}
+        total = losses["classification"] + losses["bbox_regression"]
+        float(total.detach())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if t.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
+        optimizer.step()
+        iteration[0] += 1
+
+    return step
+
+
+# ----------------------------------------------------------------------------------------------
+# inference: (batch) -> detections
+
+
+def our_inference(cfg: DictConfig, model: nn.Module, device: torch.device) -> Callable:
+    """As retina.predict.predict: forward + postprocess."""
+    e = cfg.eval
+
+    @torch.no_grad()
+    def infer(batch: Batch):
+        x = batch["images"].to(device, non_blocking=True)
+        if uses_channels_last(cfg, device):
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_amp(cfg, device)):
+            out = model(x)
+        return model.postprocess(out, batch["image_sizes"], e.score_thresh, e.topk_per_level, e.nms_thresh,
+                                 e.max_detections)
+
+    return infer
+
+
+def torchvision_inference(cfg: DictConfig, model: nn.Module, device: torch.device) -> Callable:
+    @torch.no_grad()
+    def infer(batch: Batch):
+        images, _ = to_torchvision(batch)
+        images = [x.to(device, non_blocking=True) for x in images]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_amp(cfg, device)):
+            return model(images)
+
+    return infer
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """CUDA: max allocated since the last reset; CPU: the process's max RSS so far (never resets)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def time_training(step: Callable, batches: Iterator[Batch], warmup: int, device: torch.device) -> Dict[str, float]:
+    """Run ``warmup`` untimed steps, then time the rest: images/s, s/step, share blocked on data."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step(next(it))
+    synchronize(device)
+    start = time.perf_counter()
+    data_wait, steps, images = 0.0, 0, 0
+    while True:
+        wait_start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        data_wait += time.perf_counter() - wait_start
+        step(batch)
+        steps += 1
+        images += len(batch["image_sizes"])
+    synchronize(device)
+    total = time.perf_counter() - start
+    return {"images_per_s": images / total, "step_s": total / max(steps, 1), "data_wait_share": data_wait / total,
+            "timed_steps": steps}
+
+
+def time_inference(infer: Callable, batches: List[Batch], warmup: int, device: torch.device) -> float:
+    """ms per image over batches[warmup:], each synchronized (data already in memory)."""
+    for batch in batches[:warmup]:
+        infer(batch)
+    busy, images = 0.0, 0
+    for batch in batches[warmup:]:
+        synchronize(device)
+        start = time.perf_counter()
+        infer(batch)
+        synchronize(device)
+        busy += time.perf_counter() - start
+        images += len(batch["image_sizes"])
+    return 1000.0 * busy / max(images, 1)
+
+
+def count_flops(step: Callable, batch: Batch) -> int:
+    """FLOPs of one training step (forward + backward; the optimizer's elementwise work is not counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(batch)
+    return counter.get_total_flops()
+
+
+# ----------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def not_equal(cfg: DictConfig) -> List[str]:
+    """What differs between the two models' training steps however they are configured."""
+    loss = cfg.loss
+    notes = [
+        "loss normalization: ours divides the batch's summed loss by its foreground-anchor count; torchvision "
+        "divides each image's loss by that image's count and averages over images",
+        "anchors: torchvision rounds anchor corners to integers and places them at cell corners (i * stride); "
+        "ours keeps fractions and centres them ((i + 0.5) * stride)",
+        "torchvision's transform normalizes, resizes (interpolates even at scale 1.0) and pads on the device "
+        "inside the timed step; ours does that in the data loader (counted as data wait when it blocks)",
+        "torchvision's loss computation loops over images in Python; ours is batched",
+        "iscrowd: torchvision has no crowd handling (synthetic data has no crowd boxes)",
+        "torchvision's smooth L1 beta is fixed at 1/9; ours is loss.smooth_l1_beta="
+        f"{loss.smooth_l1_beta}",
+    ]
+    if loss.kind != "focal" or loss.alpha != 0.25 or loss.gamma != 2.0 or loss.normalizer_momentum:
+        notes.append(f"loss: torchvision is fixed at focal alpha 0.25 gamma 2, no normalizer EMA; ours is "
+                     f"{loss.kind} alpha {loss.alpha} gamma {loss.gamma} momentum {loss.normalizer_momentum}")
+    if not cfg.model.prior_init or cfg.model.prior_prob != 0.01:
+        notes.append(f"class prior: torchvision's head is fixed at pi 0.01; ours prior_init "
+                     f"{cfg.model.prior_init} pi {cfg.model.prior_prob}")
+    if loss.box_weight != 1.0:
+        notes.append(f"box loss weight: torchvision 1.0, ours {loss.box_weight}")
+    return notes
+
+
+def benchmark_model(build: Callable, make_step: Callable, make_infer: Callable, cfg: DictConfig,
+                    train_set, infer_data: List[Batch], args, device: torch.device,
+                    flops: bool) -> Dict[str, object]:
+    """Build one model, time its training step on the profile's loader, then its inference."""
+    reset_peak_memory(device)
+    model = build(cfg, train_set.num_classes, device)
+    model.train()
+    step = make_step(model)
+    result: Dict[str, object] = {"parameters": sum(p.numel() for p in model.parameters())}
+    if flops:  # one extra step, outside the timed ones
+        first = next(iter(train_batches(cfg, train_set, 1, device)))
+        result["flops_per_step"] = count_flops(step, first)
+    result.update(time_training(step, train_batches(cfg, train_set, args.warmup + args.iterations, device),
+                                args.warmup, device))
+    result["train_peak_memory_mib"] = peak_memory_mib(device)
+    model.eval()
+    result["inference_ms_per_image"] = time_inference(make_infer(model), infer_data, args.warmup, device)
+    del model, step
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def run(args) -> Dict[str, object]:
+    cfg = bench_config(args.device, args.profile, args.overrides)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    train_set, val_set = build_datasets(cfg)  # generates the synthetic data if needed
+    infer_data = inference_batches(cfg, val_set, args.warmup + args.iterations, device)
+
+    ours = benchmark_model(
+        build_ours, lambda m: our_step(cfg, m, make_optimizer(cfg, m), loss_from_config(cfg.loss), device),
+        lambda m: our_inference(cfg, m, device), cfg, train_set, infer_data, args, device, flops=True)
+    tv = benchmark_model(
+        build_torchvision, lambda m: torchvision_step(cfg, m, make_optimizer(cfg, m), device),
+        lambda m: torchvision_inference(cfg, m, device), cfg, train_set, infer_data, args, device, flops=True)
+
+    peak = H200_BF16_DENSE_TFLOPS if device.type == "cuda" else None
+    achieved = ours["flops_per_step"] / ours["step_s"] / 1e12
+    return {
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "profile": args.profile or ("paper" if args.device == "cuda" else "cpu"),
+        "settings": {
+            "depth": cfg.model.depth, "fpn_channels": cfg.model.fpn_channels, "head_convs": cfg.model.head_convs,
+            "head_norm": cfg.model.head_norm, "anchors_per_location": len(cfg.anchors.aspect_ratios)
+            * cfg.anchors.scales_per_octave, "image_size": [cfg.data.min_size, cfg.data.max_size],
+            "batch_size": cfg.train.batch_size, "eval_batch_size": cfg.eval.batch_size,
+            "precision": "bf16-autocast" if uses_amp(cfg, device) else "fp32",
+            "channels_last": uses_channels_last(cfg, device), "num_workers": cfg.data.num_workers,
+            "torch_threads": torch.get_num_threads(), "iterations": args.iterations, "warmup": args.warmup,
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+        },
+        "train_images_per_s": {"ours": ours["images_per_s"], "torchvision": tv["images_per_s"]},
+        "train_speed_ratio_ours_over_torchvision": ours["images_per_s"] / tv["images_per_s"],
+        "inference_ms_per_image": {"ours": ours["inference_ms_per_image"],
+                                   "torchvision": tv["inference_ms_per_image"]},
+        "flops_per_train_step": {"ours": ours["flops_per_step"], "torchvision": tv["flops_per_step"]},
+        "ours_achieved_tflops": achieved,
+        "assumed_peak_tflops": peak,
+        "ours_share_of_peak": achieved / peak if peak else None,
+        "peak_memory_mib": {"ours": ours["train_peak_memory_mib"], "torchvision": tv["train_peak_memory_mib"],
+                            "kind": "torch.cuda.max_memory_allocated (training)" if device.type == "cuda"
+                            else "process max RSS so far (cumulative: torchvision's includes ours)"},
+        "data_wait_share": {"ours": ours["data_wait_share"], "torchvision": tv["data_wait_share"]},
+        "parameters": {"ours": ours["parameters"], "torchvision": tv["parameters"]},
+        "not_equal": not_equal(cfg),
+    }
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m retina.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--profile", choices=["cpu", "gpu", "paper"], default=None,
+                        help="default: cpu on CPU; paper with synthetic 600 px data on CUDA")
+    parser.add_argument("--iterations", type=int, default=None, help="timed steps (default: 10 cpu, 50 cuda)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 cpu, 10 cuda)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (OmegaConf dotlist)")
+    args = parser.parse_args(argv)
+    cuda = args.device == "cuda"
+    args.iterations = args.iterations if args.iterations is not None else (50 if cuda else 10)
+    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    if args.iterations < 1 or args.warmup < 0:
+        parser.error("--iterations must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
