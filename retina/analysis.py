@@ -14,10 +14,11 @@ from typing import Dict, Sequence
 
 import torch
 
-from .boxes import IGNORE, match_anchors, pad_targets
+from .boxes import IGNORE
 from .config import from_container
 from .losses import classification_targets, focal_loss
 from .model import from_config as model_from_config
+from .step import assign, forward
 
 PAPER_GAMMAS = (0.0, 0.5, 1.0, 2.0)
 
@@ -49,10 +50,8 @@ def collect_logits(checkpoint: str | Path, max_images: int = 50) -> Dict[str, to
     loader, _ = val_loader(val_set, cfg, device)
     positives, negatives = [], []
     for batch in loader:
-        out = model(batch["images"])
-        gt_boxes, gt_labels, gt_crowd, gt_valid = pad_targets(batch["boxes"], batch["labels"], batch["iscrowd"], device)
-        labels = match_anchors(out["anchors"], gt_boxes, gt_valid, gt_crowd, cfg.matcher.fg_iou, cfg.matcher.bg_iou,
-                               cfg.matcher.allow_low_quality_matches)
+        out = forward(model, batch, cfg, device)
+        labels, _, gt_labels = assign(out, batch, cfg, device)
         logits = out["cls_logits"].float()  # (N, R, K)
         targets = classification_targets(labels, gt_labels, logits.shape[2]).bool()
         used = (labels != IGNORE).unsqueeze(2).expand_as(logits)

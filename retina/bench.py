@@ -34,10 +34,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import config as config_lib
-from .boxes import match_anchors, pad_targets
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .losses import from_config as loss_from_config
 from .model import RESNET_C_CHANNELS, from_config as model_from_config
+from .step import forward, losses as batch_losses, uses_amp, uses_channels_last
 from .train import StreamBatchSampler, build_datasets, learning_rate, make_loader, resolve_device, val_loader
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H200 SXM, bf16 tensor core, dense (no sparsity)
@@ -70,14 +70,6 @@ def bench_config(device: str, profile: Optional[str], overrides: List[str]) -> D
     if cfg.model.fpn_channels != 256:
         raise config_lib.ConfigError("model.fpn_channels: torchvision's ResNet-FPN is fixed at 256; keep 256")
     return cfg
-
-
-def uses_amp(cfg: DictConfig, device: torch.device) -> bool:
-    return bool(cfg.train.amp) and device.type == "cuda"
-
-
-def uses_channels_last(cfg: DictConfig, device: torch.device) -> bool:
-    return bool(cfg.model.channels_last) and device.type == "cuda"
 
 
 def synchronize(device: torch.device) -> None:
@@ -180,22 +172,13 @@ def inference_batches(cfg: DictConfig, val_set, num_batches: int, device: torch.
 
 def our_step(cfg: DictConfig, model: nn.Module, optimizer, loss_fn, device: torch.device) -> Callable:
     """The body of retina.train.fit's loop, without the logging and checkpointing."""
-    t, m = cfg.train, cfg.matcher
+    t = cfg.train
     iteration = [0]
 
     def step(batch: Batch) -> None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(t, iteration[0])
-        images = batch["images"].to(device, non_blocking=True)  # (N, 3, Hp, Wp)
-        if uses_channels_last(cfg, device):
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_amp(cfg, device)):
-            out = model(images)  # cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4)
-        gt_boxes, gt_labels, gt_crowd, gt_valid = pad_targets(batch["boxes"], batch["labels"], batch["iscrowd"],
-                                                              device)  # (N, G, 4), (N, G), (N, G), (N, G)
-        labels = match_anchors(out["anchors"], gt_boxes, gt_valid, gt_crowd, m.fg_iou, m.bg_iou,
-                               m.allow_low_quality_matches)  # (N, R)
-        losses = loss_fn(out["cls_logits"], out["box_deltas"], out["anchors"], labels, gt_boxes, gt_labels)
+        losses = batch_losses(model, loss_fn, batch, cfg, device)  # retina.step: forward, assignment, loss
         float(losses.total.detach())  # the trainer's finiteness check: one host sync per step
         optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
@@ -242,11 +225,7 @@ def our_inference(cfg: DictConfig, model: nn.Module, device: torch.device) -> Ca
 
     @torch.no_grad()
     def infer(batch: Batch):
-        x = batch["images"].to(device, non_blocking=True)
-        if uses_channels_last(cfg, device):
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_amp(cfg, device)):
-            out = model(x)
+        out = forward(model, batch, cfg, device)
         return model.postprocess(out, batch["image_sizes"], e.score_thresh, e.topk_per_level, e.nms_thresh,
                                  e.max_detections)
 

@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from .data import to_coco_results
+from .step import forward
 
 
 @torch.no_grad()
@@ -17,24 +18,19 @@ def predict(model, loader, category_ids: List[int], cfg: DictConfig,
     the inference time in ms per image (forward pass + post-processing, data loading excluded)."""
     was_training = model.training
     model.eval()
-    use_amp = cfg.train.amp and device.type == "cuda"
     results: List[Dict] = []
     busy, images = 0.0, 0
     for batch in loader:
-        x = batch["images"].to(device, non_blocking=True)
-        if cfg.model.channels_last and device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = model(x)
+        out = forward(model, batch, cfg, device)
         detections = model.postprocess(out, batch["image_sizes"], cfg.eval.score_thresh, cfg.eval.topk_per_level,
                                        cfg.eval.nms_thresh, cfg.eval.max_detections)
         if device.type == "cuda":
             torch.cuda.synchronize()
         busy += time.perf_counter() - start
-        images += x.shape[0]
+        images += batch["images"].shape[0]
         detections = [{k: v.cpu() for k, v in d.items()} for d in detections]
         results.extend(to_coco_results(detections, batch["image_ids"], batch["scales"], category_ids))
     model.train(was_training)

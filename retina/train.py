@@ -30,12 +30,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as config_lib
-from .boxes import match_anchors, pad_targets
 from .data import CocoDetection, collate, ensure_synthetic
 from .evaluate import evaluate_coco
 from .losses import from_config as loss_from_config
 from .model import RetinaNet, from_config as model_from_config
 from .predict import predict
+from .step import losses as batch_losses, uses_channels_last
 
 log = logging.getLogger("retina.train")
 
@@ -225,11 +225,10 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
 
     train_set, val_set = build_datasets(cfg)
     model: RetinaNet = model_from_config(cfg, train_set.num_classes).to(device)
-    if cfg.model.channels_last and device.type == "cuda":
+    if uses_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     loss_fn = loss_from_config(cfg.loss)
-    use_amp = t.amp and device.type == "cuda"
 
     start_iteration = 0
     if resume_from:
@@ -265,15 +264,7 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
         lr = learning_rate(t, iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images = batch["images"].to(device, non_blocking=True)
-        if cfg.model.channels_last and device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = model(images)
-        gt_boxes, gt_labels, gt_crowd, gt_valid = pad_targets(batch["boxes"], batch["labels"], batch["iscrowd"], device)
-        labels = match_anchors(out["anchors"], gt_boxes, gt_valid, gt_crowd, cfg.matcher.fg_iou, cfg.matcher.bg_iou,
-                               cfg.matcher.allow_low_quality_matches)
-        losses = loss_fn(out["cls_logits"], out["box_deltas"], out["anchors"], labels, gt_boxes, gt_labels)
+        losses = batch_losses(model, loss_fn, batch, cfg, device)
         loss = losses.total
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
@@ -286,12 +277,13 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
         optimizer.step()
         iteration += 1
-        images_seen += images.shape[0]
+        batch_images = batch["images"].shape[0]
+        images_seen += batch_images
         window.loss_cls += float(losses.loss_cls.detach())
         window.loss_box += float(losses.loss_box.detach())
         window.num_fg += losses.num_foreground
         window.steps += 1
-        window.images += images.shape[0]
+        window.images += batch_images
 
         if iteration % t.log_every == 0 or iteration == t.iterations:
             now = time.perf_counter()

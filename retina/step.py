@@ -1,0 +1,50 @@
+"""One batch through the model: device placement and precision, anchor assignment, the losses.
+
+Shared by training (retina.train), inference (retina.predict), the benchmark (retina.bench) and
+Figure 4's analysis (retina.analysis), so all four run the model exactly the same way.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from omegaconf import DictConfig
+
+from .boxes import match_anchors, pad_targets
+from .losses import LossOutput, RetinaLoss
+
+
+def uses_amp(cfg: DictConfig, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA only (``train.amp``)."""
+    return bool(cfg.train.amp) and device.type == "cuda"
+
+
+def uses_channels_last(cfg: DictConfig, device: torch.device) -> bool:
+    """channels_last memory format: on CUDA only (``model.channels_last``)."""
+    return bool(cfg.model.channels_last) and device.type == "cuda"
+
+
+def forward(model, batch: dict, cfg: DictConfig, device: torch.device) -> Dict[str, object]:
+    """The model's outputs for a collated batch: cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4)."""
+    images = batch["images"].to(device, non_blocking=True)  # (N, 3, Hp, Wp)
+    if uses_channels_last(cfg, device):
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_amp(cfg, device)):
+        return model(images)
+
+
+def assign(out: Dict[str, object], batch: dict, cfg: DictConfig,
+           device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anchor assignment of a batch: labels (N, R) (see match_anchors), gt_boxes (N, G, 4), gt_labels (N, G)."""
+    gt_boxes, gt_labels, gt_crowd, gt_valid = pad_targets(batch["boxes"], batch["labels"], batch["iscrowd"], device)
+    m = cfg.matcher
+    labels = match_anchors(out["anchors"], gt_boxes, gt_valid, gt_crowd, m.fg_iou, m.bg_iou,
+                           m.allow_low_quality_matches)
+    return labels, gt_boxes, gt_labels
+
+
+def losses(model, loss_fn: RetinaLoss, batch: dict, cfg: DictConfig, device: torch.device) -> LossOutput:
+    """Forward, assignment and loss of one training batch."""
+    out = forward(model, batch, cfg, device)
+    labels, gt_boxes, gt_labels = assign(out, batch, cfg, device)
+    return loss_fn(out["cls_logits"], out["box_deltas"], out["anchors"], labels, gt_boxes, gt_labels)
