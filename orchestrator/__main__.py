@@ -2,14 +2,16 @@
 
     python -m orchestrator run sweeps/alpha_gamma.yaml [--profile P] [--set key=value ...] [--dry-run]
         [--address A] [--tracking-uri U] [--storage-path S] [--max-concurrent N]
-        [--cpus-per-trial C] [--gpus-per-trial G] [--max-failures N] [--verbose]
+        [--cpus-per-trial C] [--gpus-per-trial G] [--max-failures N] [--tracking-deadline S] [--verbose]
     python -m orchestrator status [SWEEP] [-v] [--tracking-uri U]
     python -m orchestrator report [SWEEP ...] [--out DIR] [--tracking-uri U] [--no-log]
 
 Every mistake a user can make (a bad sweep file or override, an unknown profile, a missing dataset,
 an unreachable Ray cluster or tracking server, resources no node has) is found before any trial
 starts or anything is written to MLflow: ``error: <one line>`` on stderr, exit code 2.
-Exit codes otherwise: 0 all trials done (finished or diverged), 1 some trial failed, 130 interrupted.
+Exit codes otherwise: 0 all trials done (finished or diverged), 1 some trial failed, 3 stopped because
+the tracking store stayed unreachable past --tracking-deadline (its writes are kept in a journal that
+the next run records first), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from retina.config import ConfigError
 from .sweep import Sweep, distinct_data_configs, dry_run_listing, load_sweep
 
 EXIT_BAD_INPUT = 2
+EXIT_TRACKING_OUTAGE = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,6 +121,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _fail(e)
         raise
 
+    journal = _journal_path(storage, sweep.name, uri)
+    if journal.is_file():  # writes a run stopped by a tracking outage could not record
+        from .outbox import replay_journal
+
+        count = replay_journal(journal, tracking.SweepTracker(uri, sweep, state))
+        print(f"tracking: recorded {count} writes that the last run kept in {journal}")
+        state = tracking.read_state(uri, sweep.name)
+
     todo = [t for t in sweep.trials if not state.done(t.key)]
     skipped = len(sweep.trials) - len(todo)
     if not todo:
@@ -141,14 +152,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 max_concurrent=args.max_concurrent or r.max_concurrent, num_trials=len(todo))
         except runner.RunnerError as e:
             return _fail(e)
-        return _execute(args, sweep, todo, skipped, state, uri, storage, cluster, resources, begun)
+        return _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun)
     finally:
         runner.stop_ray(cluster)
 
 
-def _execute(args, sweep, todo, skipped, state, uri, storage, cluster, resources, begun) -> int:
+def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun) -> int:
     """From here on things are written: MLflow runs, checkpoints."""
     from . import runner, tracking
+    from .outbox import Outbox, write_journal
     from .progress import ProgressView, format_duration
 
     from omegaconf import OmegaConf
@@ -170,7 +182,7 @@ def _execute(args, sweep, todo, skipped, state, uri, storage, cluster, resources
         specs.append(runner.TrialSpec(t.key, t.container(), resume_from))
 
     tracker = tracking.SweepTracker(uri, sweep, state)
-    tracker.open()
+    tracker.open()  # the store answered check_store a moment ago; from here on writes go through the outbox
     where = f"Ray cluster {cluster.address}" if cluster.address else "local Ray"
     print(f"sweep {sweep.name} ({sweep.path}), profile {sweep.profile}: {len(sweep.trials)} trials, "
           f"{skipped} done before (skipped), {len(todo)} to run"
@@ -182,16 +194,30 @@ def _execute(args, sweep, todo, skipped, state, uri, storage, cluster, resources
         print(f"  note: {storage} is a local path; every node of the cluster must reach it (a shared file "
               "system), else pass a URI to --storage-path")
     view = ProgressView(todo, skipped=skipped, slots=resources.slots)
+    outbox = Outbox(tracker, tracking.is_outage, f"the tracking store {uri}", args.tracking_deadline, say=view.note)
     started = time.monotonic()
     outcome = {}
     try:
-        outcome = runner.run_trials(sweep.name, specs, resources, storage, args.max_failures, [tracker, view])
+        outcome = runner.run_trials(sweep.name, specs, resources, storage, args.max_failures, [outbox, view],
+                                    stop=lambda: outbox.expired)
     finally:
         wall = time.monotonic() - started
         interrupted = [k for k, v in outcome.items() if v == "interrupted"] if outcome else [s.key for s in specs]
-        failed = [k for k, s in tracker.final_status.items() if s == "failed"]
-        tracker.close("interrupted" if interrupted else "failed" if failed else "finished")
+        failed = [k for k, s in view.final_status().items() if s == "failed"]
+        outbox.close("interrupted" if interrupted else "failed" if failed else "finished")
+        recorded = outbox.drain()  # waits out an outage up to the deadline
+        kept = outbox.shutdown()
+        if kept:
+            write_journal(journal, kept)
     print(view.summary(wall) + f" (total {format_duration(time.monotonic() - begun)} with Ray start-up)")
+    if not recorded:
+        print(f"error: the tracking store {uri} stayed unreachable past --tracking-deadline "
+              f"{args.tracking_deadline:g} s; the sweep stopped and {len(kept)} writes are kept in {journal}; "
+              "when the store is back, run the same command again: it records them first, then finishes the "
+              "sweep from the trials' checkpoints", file=sys.stderr)
+        return EXIT_TRACKING_OUTAGE
+    if outbox.outages:
+        print(f"tracking: {outbox.outages} outage(s) of the store survived; every buffered write was recorded")
     if interrupted:
         print(f"interrupted: {len(interrupted)} trials not finished; run the same command again to finish them")
         return 130
@@ -202,6 +228,17 @@ def _execute(args, sweep, todo, skipped, state, uri, storage, cluster, resources
     return 0
 
 
+def _journal_path(storage: str, sweep_name: str, uri: str) -> Path:
+    """Where writes that a tracking outage kept from the store wait for the next run: beside the
+    checkpoints when they are local, else under <project>/runs (one file per sweep and store)."""
+    import hashlib
+
+    from .runner import DEFAULT_STORAGE
+
+    folder = Path(storage) if "://" not in storage else DEFAULT_STORAGE.parent
+    return folder / "tracking-journal" / f"{sweep_name}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}.jsonl"
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise ConfigError(f"--cpus-per-trial {args.cpus_per_trial:g} is out of range; expected a number > 0")
@@ -209,6 +246,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial:g} is out of range; expected a number >= 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent {args.max_concurrent} is out of range; expected an integer >= 1")
+    if args.tracking_deadline <= 0:
+        raise ConfigError(f"--tracking-deadline {args.tracking_deadline:g} is out of range; expected seconds > 0")
     if args.max_failures < 0:
         raise ConfigError(f"--max-failures {args.max_failures} is out of range; expected an integer >= 0")
 
@@ -287,6 +326,9 @@ def _add_run(sub) -> None:
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.25)")
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a trial that raises, each from its latest checkpoint (default 1)")
+    p.add_argument("--tracking-deadline", type=float, default=900.0, metavar="SECONDS",
+                   help="while the tracking store is unreachable the driver buffers its writes and retries; after "
+                        "this long it stops the sweep and keeps the writes for the next run (default 900)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the workers' own logs")
     p.set_defaults(func=cmd_run)
 

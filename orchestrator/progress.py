@@ -12,6 +12,7 @@ import math
 import re
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, TextIO
@@ -76,6 +77,7 @@ class ProgressView:
         self.start = time.monotonic()
         self._drawn_lines = 0
         self._last_draw = 0.0
+        self._lock = threading.RLock()  # notes come from the tracking outbox's thread
 
     # -- listener interface ---------------------------------------------------------------------
 
@@ -154,6 +156,10 @@ class ProgressView:
         remaining = sum(r.eta_s if r.eta_s is not None and math.isfinite(r.eta_s) else per_trial for r in running)
         return (remaining + pending * per_trial) / self.slots
 
+    def final_status(self) -> Dict[str, str]:
+        """{key: finished / diverged / failed} of the trials that ended in this run."""
+        return {k: r.status for k, r in self.rows.items() if r.status in ("finished", "diverged", "failed")}
+
     def counts(self) -> Dict[str, int]:
         out = {"finished": 0, "diverged": 0, "failed": 0, "interrupted": 0, "pending": 0, "running": 0}
         for r in self.rows.values():
@@ -179,6 +185,16 @@ class ProgressView:
 
     # -- drawing --------------------------------------------------------------------------------
 
+    def note(self, text: str) -> None:
+        """A message above the live table (or a plain line), from any thread."""
+        with self._lock:
+            if self.live and self._drawn_lines:
+                self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")
+                self._drawn_lines = 0
+            self._line(text)
+            if self.live:
+                self._draw(force=True)
+
     def _line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
@@ -190,6 +206,10 @@ class ProgressView:
             self._line(f"{row.key}  {row.label}: {what}")
 
     def _draw(self, force: bool = False) -> None:
+        with self._lock:
+            self._draw_locked(force)
+
+    def _draw_locked(self, force: bool) -> None:
         now = time.monotonic()
         if not force and now - self._last_draw < 0.5:
             return

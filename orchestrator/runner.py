@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import ray
 from ray import tune
@@ -140,8 +140,9 @@ class TrialListener(Protocol):
 class _Forward(tune.Callback):
     """Tune callback (driver process): turns Tune's trial events into listener calls."""
 
-    def __init__(self, listeners: Sequence[TrialListener]):
+    def __init__(self, listeners: Sequence[TrialListener], stop: Optional[Callable[[], bool]] = None):
         self.listeners = list(listeners)
+        self.stop = stop  # the driver asked the sweep to stop: trials ending now are interrupted
         self.final: Dict[str, Dict[str, Any]] = {}
         self.checkpoint_iteration: Dict[str, int] = {}
         self.ended: set = set()
@@ -150,7 +151,10 @@ class _Forward(tune.Callback):
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks into the experiment state (tuner.pkl). The listeners live in
         # this driver only (an MLflow client, a terminal); a restored copy has none.
-        return {**self.__dict__, "listeners": []}
+        return {**self.__dict__, "listeners": [], "stop": None}
+
+    def stopping(self) -> bool:
+        return bool(self.stop and self.stop())
 
     def _each(self, method: str, *args) -> None:
         for listener in self.listeners:
@@ -184,10 +188,11 @@ class _Forward(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = self._key(trial)
-        self.ended.add(key)
         if key in self.final:
+            self.ended.add(key)
             self._each("trial_finished", key, self.final[key])
-        else:
+        elif not self.stopping():  # stopped by the driver: interrupted, resumed by the next run
+            self.ended.add(key)
             self._each("trial_failed", key, "the trial ended without a final result")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -370,11 +375,28 @@ def _trial_name(trial) -> str:
     return trial.config["trial_key"]
 
 
+class _StopWhen(tune.stopper.Stopper):
+    """Stops the whole experiment once ``stop()`` is true (e.g. the tracking store is gone too long)."""
+
+    def __init__(self, stop: Callable[[], bool]):
+        self.stop = stop
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return bool(self.stop())
+
+    def __getstate__(self) -> dict:
+        return {"stop": lambda: False}  # a restored copy has no driver to ask
+
+
 def run_trials(name: str, specs: Sequence[TrialSpec], resources: Resources, storage_path: str, max_failures: int,
-               listeners: Sequence[TrialListener]) -> Dict[str, str]:
+               listeners: Sequence[TrialListener], stop: Optional[Callable[[], bool]] = None) -> Dict[str, str]:
     """Run ``specs`` as one Tune experiment; returns {trial key: "ended" | "interrupted"}.
 
-    Results reach ``listeners`` as they happen, through a driver-side Tune callback.
+    Results reach ``listeners`` as they happen, through a driver-side Tune callback. ``stop``: asked
+    between steps; once true the experiment stops and the unfinished trials are "interrupted".
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard files per trial
     # Tune's console output is replaced by orchestrator.progress: its legacy engine at verbose=0 prints
@@ -386,7 +408,7 @@ def run_trials(name: str, specs: Sequence[TrialSpec], resources: Resources, stor
     by_key = {s.key: {"config": s.config, "resume_from": s.resume_from} for s in specs}
     trainable = tune.with_resources(tune.with_parameters(train_trial, specs=by_key),
                                     {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
-    forward = _Forward(listeners)
+    forward = _Forward(listeners, stop)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial_key": tune.grid_search([s.key for s in specs])},
@@ -395,7 +417,7 @@ def run_trials(name: str, specs: Sequence[TrialSpec], resources: Resources, stor
         run_config=tune.RunConfig(
             name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), stop=_StopWhen(stop) if stop else None,
             callbacks=[forward], verbose=0, log_to_file=True),
     )
     try:

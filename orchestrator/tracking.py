@@ -50,7 +50,7 @@ FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "inference_ms", "tra
 DONE = ("finished", "diverged")  # a trial in one of these states is never run again
 
 __all__ = ["DEFAULT_DB", "TrackingError", "default_tracking_uri", "check_store", "store_exists", "read_state",
-           "SweepTracker", "sweep_status", "code_version"]
+           "SweepTracker", "sweep_status", "code_version", "is_outage"]
 
 
 class TrackingError(ValueError):
@@ -340,7 +340,9 @@ class SweepTracker:
 
     def trial_progress(self, key: str, metrics: Dict[str, Any]) -> None:
         step = int(metrics["iteration"])
-        if step <= self.last_step.get(key, 0):
+        if key not in self.last_step:  # a journal replayed by a new driver: what the store has already
+            self.last_step[key] = self._last_logged_step(self.run_ids[key])
+        if step <= self.last_step[key]:
             return  # logged before an interruption: the resumed run repeats it
         now = int(time.time() * 1000)
         batch = [Metric(k, float(metrics[k]), now, step) for k in CURVE_METRICS if _finite(metrics.get(k))]
@@ -507,6 +509,33 @@ def sweep_status(uri: str, name: str, expected: Optional[List[dict]] = None) -> 
     return out
 
 
+_TRANSIENT_HTTP = ("status code 429", "status code 500", "status code 502", "status code 503", "status code 504")
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether a failed write means "the store is unreachable for now" (retry later) rather than a
+    rejected request: a refused or timed-out connection to an MLflow server, a 5xx answer from it or
+    its proxy, a locked SQLite file."""
+    seen, e = 0, error
+    while e is not None and seen < 8:
+        name = type(e).__name__
+        if name in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError",
+                    "NewConnectionError", "ProtocolError", "RemoteDisconnected", "ConnectionRefusedError",
+                    "ConnectionResetError", "TimeoutError"):
+            return True
+        if name == "OperationalError" and "locked" in str(e):
+            return True
+        if isinstance(e, MlflowException):
+            text = str(e)
+            if e.error_code == "TEMPORARILY_UNAVAILABLE" or "failed with exception" in text and "API request" in text:
+                return True
+            if any(code in text for code in _TRANSIENT_HTTP):
+                return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
 def describe_store(uri: str) -> str:
     return uri if not uri.startswith("sqlite:///") else f"{uri} (mlflow ui --backend-store-uri {uri})"
 
@@ -517,6 +546,11 @@ def ensure_quiet() -> None:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    # A stopped server should be noticed within seconds, not after MLflow's own minutes of retries:
+    # orchestrator.outbox retries (and buffers) instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 
