@@ -546,6 +546,7 @@ def ensure_quiet() -> None:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per run, on a server
     # A stopped server should be noticed within seconds, not after MLflow's own minutes of retries:
     # orchestrator.outbox retries (and buffers) instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -219,6 +219,9 @@ def test_a_killed_driver_rerun_finishes_missing_trials_only_from_their_checkpoin
     steps = [m.step for m in client.get_metric_history(second.info.run_id, "loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 30
     assert "AP" in second.data.metrics
+    # the killed driver's parent run is not left RUNNING: the re-run closed it
+    parent = next(r for r in runs_of(dirs["uri"], "killed") if r.data.tags["kind"] == "sweep")
+    assert parent.info.status == "FINISHED" and parent.data.tags["status"] == "finished"
 
 
 # ----------------------------------------------------------------------------------------------
