@@ -123,9 +123,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     journal = _journal_path(storage, sweep.name, uri)
     if journal.is_file():  # writes a run stopped by a tracking outage could not record
-        from .outbox import replay_journal
+        from .outbox import OutboxError, replay_journal
 
-        count = replay_journal(journal, tracking.SweepTracker(uri, sweep, state))
+        try:
+            count = replay_journal(journal, tracking.SweepTracker(uri, sweep, state))
+        except OutboxError as e:  # a journal that is not one: say so, touch nothing
+            return _fail(e)
         print(f"tracking: recorded {count} writes that the last run kept in {journal}")
         state = tracking.read_state(uri, sweep.name)
 
