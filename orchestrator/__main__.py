@@ -123,9 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     journal = _journal_path(storage, sweep.name, uri)
     if journal.is_file():  # writes a run stopped by a tracking outage could not record
-        from .outbox import OutboxError, replay_journal
+        from .outbox import OutboxError, read_journal, replay_journal
 
         try:
+            read_journal(journal)  # a journal that is not one is an error before the store is opened
             count = replay_journal(journal, tracking.SweepTracker(uri, sweep, state))
         except OutboxError as e:  # a journal that is not one: say so, touch nothing
             return _fail(e)
