@@ -555,16 +555,15 @@ def write_report(report: SweepReport, directory: Path) -> None:
 
 def _write_figure4(report: SweepReport, path: Path) -> str:
     """Figure 4 from the FL gamma 2 trial's final checkpoint; returns what the plot shows or why it was skipped."""
-    from retina.analysis import collect_logits, loss_distribution
-
-    from . import plots
-
     if report.figure4_source is None:
         return "skipped: no finished FL gamma 2 trial with a checkpoint"
     label, directory = report.figure4_source
     checkpoint = Path(directory) / "checkpoint.pt"
     if not checkpoint.is_file():
         return f"skipped: the checkpoint of {label} ({checkpoint}) is not reachable from this machine"
+    from retina.analysis import collect_logits, loss_distribution  # torch loads only when there is a model to run
+
+    from . import plots
     dist = loss_distribution(collect_logits(checkpoint, max_images=FIGURE4_IMAGES))
     plots.plot_loss_distribution(dist, path, label)
     neg, pos = dist["negatives"], dist["positives"]
