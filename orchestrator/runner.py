@@ -6,11 +6,24 @@ checkpoint every time fit writes one; a driver-side Tune callback forwards each 
 (the MLflow tracker and the live view), so only the driver ever writes to the tracking store.
 
 Ray's reporting API has been renamed several times; it is used only through :func:`_report` and
-:func:`_restored_checkpoint` below (``ray.tune.report`` / ``ray.tune.get_checkpoint`` in Ray 2.60).
+:func:`_restored_checkpoint` below (``ray.tune.report`` / ``ray.tune.get_checkpoint`` in Ray 2.60),
+and in data-parallel workers through :func:`_train_worker` (``ray.train.report`` /
+``get_checkpoint`` / ``get_context``, Ray Train V2).
 
 Resuming: a trial that Tune retries (``FailureConfig(max_failures)``: a raised error, a lost node)
 restarts from the checkpoint Tune restores; a trial that a killed driver left behind restarts, in a
 new driver, from the checkpoint path the driver passes in (``resume_from``, read from MLflow).
+
+Data-parallel trials (``Resources.workers_per_trial`` > 1; by default a trial that asks for more than
+one GPU gets one worker per GPU): the Tune trial becomes a small driver that runs Ray Train's
+``TorchTrainer`` (Train V2) with one worker per process (NCCL on GPUs, gloo on CPUs) and waits for
+it; every worker calls ``retina.train.fit``, which trains data-parallel in the initialized process
+group (``retina/distributed.py``). Workers report collectively (``ray.train.report``), rank 0
+attaches the checkpoint, and a Train callback hands rank 0's reports to the Tune trial, so the
+driver-side listeners receive the same events (start, progress, checkpoint, final) as from a
+one-process trial; the checkpoint's location travels in the "checkpoint" event (Tune itself holds
+no checkpoint of such a trial). A Tune retry starts the Train run again under the same name and
+storage path, which Ray Train restores from its latest checkpoint.
 """
 from __future__ import annotations
 
@@ -35,6 +48,7 @@ from retina.config import PROJECT_ROOT
 DEFAULT_STORAGE = PROJECT_ROOT / "runs" / "ray"
 CHECKPOINT_META = "trial_checkpoint.json"  # beside checkpoint.pt: {"iteration", "trial_key"}
 TEXT_RESULT_KEYS = ("status", "eval_summary", "device")
+DATA_PARALLEL_DRIVER_MEMORY = 256 * 2**20  # bytes the Tune trial of a data-parallel trial reserves
 
 
 class RunnerError(ValueError):
@@ -76,23 +90,17 @@ def _device_name(cfg) -> str:
     return "cpu"
 
 
-def train_trial(config: Dict[str, Any], specs: Dict[str, Dict[str, Any]]) -> None:
-    """One trial: ``config["trial_key"]`` selects its spec {config, resume_from}; fit runs to the end.
-
-    Reports, in order: {"event": "start"}, {"event": "progress", ...} every log interval,
-    {"event": "checkpoint", "iteration"} with each checkpoint, and {"event": "final", ...}.
-    A diverged run is a normal result (status "diverged"); an exception fails the trial.
-    """
+def _run_fit(key: str, spec: Dict[str, Any], report, restored, device: str, restored_by: str) -> None:
+    """The trial's work, in a Tune trial or in each worker of a data-parallel trial: resume (from
+    ``restored``, else the spec's ``resume_from``), report start, fit with progress and checkpoint
+    reports, report the final result. ``report(metrics, checkpoint_dir=None)``."""
     from retina import config as config_lib
     from retina.train import fit
 
-    key = config["trial_key"]
-    spec = specs[key]
     cfg = config_lib.from_container(spec["config"])
     workdir = tempfile.mkdtemp(prefix=f"retina-{key}-")
     try:
         resumed_from, resume_path, start_iteration = None, None, 0
-        restored = _restored_checkpoint()
         source = restored if restored is not None else (
             _checkpoint_at(spec["resume_from"]) if spec.get("resume_from") else None)
         if source is not None:
@@ -100,26 +108,114 @@ def train_trial(config: Dict[str, Any], specs: Dict[str, Dict[str, Any]]) -> Non
             meta = json.loads((Path(workdir) / CHECKPOINT_META).read_text())
             resume_path = str(Path(workdir) / "checkpoint.pt")
             start_iteration = int(meta["iteration"])
-            resumed_from = "tune retry" if restored is not None else spec["resume_from"]
-        _report({"event": "start", "start_iteration": start_iteration, "device": _device_name(cfg),
-                 "host": socket.gethostname(), "resumed_from": resumed_from or ""})
+            resumed_from = restored_by if restored is not None else spec["resume_from"]
+        report({"event": "start", "start_iteration": start_iteration, "device": device,
+                "host": socket.gethostname(), "resumed_from": resumed_from or ""})
 
         def on_metrics(metrics: Dict[str, Any]) -> None:
             if "iteration" in metrics and "loss" in metrics:  # not fit's final summary
-                _report({"event": "progress", **metrics})
+                report({"event": "progress", **metrics})
 
         def on_checkpoint(path: str, iteration: int) -> None:
-            (Path(path).parent / CHECKPOINT_META).write_text(json.dumps({"iteration": iteration, "trial_key": key}))
-            _report({"event": "checkpoint", "iteration": iteration}, checkpoint_dir=str(Path(path).parent))
+            folder = Path(path).parent
+            if Path(path).is_file():  # data-parallel: rank 0 only
+                (folder / CHECKPOINT_META).write_text(json.dumps({"iteration": iteration, "trial_key": key}))
+            report({"event": "checkpoint", "iteration": iteration}, checkpoint_dir=str(folder))
 
         result = fit(cfg, on_metrics=on_metrics, on_checkpoint=on_checkpoint, checkpoint_dir=workdir,
                      resume_from=resume_path)
         final = {k: v for k, v in result.items()
                  if k in TEXT_RESULT_KEYS or (isinstance(v, (int, float)) and not isinstance(v, bool))}
         final["eval_summary"] = str(result.get("eval_summary", ""))
-        _report({"event": "final", **final})
+        report({"event": "final", **final})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def train_trial(config: Dict[str, Any], specs: Dict[str, Dict[str, Any]],
+                parallel: Optional[Dict[str, Any]] = None) -> None:
+    """One trial: ``config["trial_key"]`` selects its spec {config, resume_from}; fit runs to the end.
+
+    Reports, in order: {"event": "start"}, {"event": "progress", ...} every log interval,
+    {"event": "checkpoint", "iteration"} with each checkpoint, and {"event": "final", ...}.
+    A diverged run is a normal result (status "diverged"); an exception fails the trial.
+    ``parallel`` (see :func:`run_trials`): {"workers" > 1, ...} runs it data-parallel through Ray
+    Train, whose rank 0 reports the same events (the checkpoint event then carries "checkpoint_uri").
+    """
+    from retina import config as config_lib
+
+    key = config["trial_key"]
+    spec = specs[key]
+    if parallel and parallel["workers"] > 1:
+        _train_data_parallel(key, spec, parallel)
+        return
+    cfg = config_lib.from_container(spec["config"])
+    _run_fit(key, spec, _report, _restored_checkpoint(), _device_name(cfg), "tune retry")
+
+
+# ----------------------------------------------------------------------------------------------
+# data-parallel trials: Ray Train inside the Tune trial
+
+
+def _train_data_parallel(key: str, spec: Dict[str, Any], parallel: Dict[str, Any]) -> None:
+    """Run the trial as a Ray Train ``TorchTrainer`` of ``parallel["workers"]`` workers and wait for it.
+
+    The Train run is named after the trial key under ``<storage>/<experiment>/train``, so a Tune retry
+    of this trial (same experiment) restores it from its latest checkpoint; a new driver (new
+    experiment) resumes from the spec's ``resume_from`` instead."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    workers, use_gpu = int(parallel["workers"]), bool(parallel["use_gpu"])
+    per_worker = {"CPU": float(parallel["cpus_per_worker"])}
+    if use_gpu:
+        per_worker["GPU"] = 1.0
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"trial_key": key, "spec": spec},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=key, storage_path=f"{parallel['storage_path'].rstrip('/')}/{parallel['experiment']}/train",
+            callbacks=[_rank_zero_to_tune()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Tune retries the whole trial (FailureConfig of the Tuner), so the listeners see each retry
+            failure_config=ray.train.FailureConfig(max_failures=0)),
+    )
+    trainer.fit()
+
+
+def _train_worker(loop_config: Dict[str, Any]) -> None:
+    """One worker of a data-parallel trial (a Ray Train worker; its process group is initialized)."""
+    import ray.train
+    import torch.distributed as dist
+
+    from retina import config as config_lib
+
+    key, spec = loop_config["trial_key"], loop_config["spec"]
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+
+    def report(metrics: Dict[str, Any], checkpoint_dir: Optional[str] = None) -> None:
+        # collective: every worker reports each event; rank 0's metrics reach Tune, with its checkpoint
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir and rank == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    device = f"{world} x {_device_name(config_lib.from_container(spec['config']))} ({dist.get_backend()})"
+    _run_fit(key, spec, report, ray.train.get_checkpoint(), device, "train restore")
+
+
+def _rank_zero_to_tune():
+    """A Ray Train callback (it runs in the Train controller) that hands rank 0's reports to the Tune
+    trial that started the run, adding the location of a reported checkpoint as "checkpoint_uri"."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class RankZeroToTune(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            first = dict(metrics[0])  # rank 0's
+            if checkpoint is not None:
+                first["checkpoint_uri"] = _checkpoint_uri(checkpoint)
+            super().after_report(run_context, [first], checkpoint)
+
+    return RankZeroToTune()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,6 +275,8 @@ class _Forward(tune.Callback):
             self._each("trial_progress", key, {k: v for k, v in result.items() if k != "event"})
         elif event == "checkpoint":
             self.checkpoint_iteration[key] = int(result["iteration"])
+            if result.get("checkpoint_uri"):  # a data-parallel trial: Ray Train stored it, Tune holds none
+                self._each("trial_checkpoint", key, result["checkpoint_uri"], int(result["iteration"]))
         elif event == "final":
             self.final[key] = {k: v for k, v in result.items() if k != "event"}
 
@@ -237,10 +335,11 @@ class TrialSpec:
 
 @dataclass
 class Resources:
-    cpus_per_trial: float
-    gpus_per_trial: float
+    cpus_per_trial: float  # of each training process: the trial's, or each worker's of a data-parallel trial
+    gpus_per_trial: float  # of the whole trial (a data-parallel trial: one per worker)
     max_concurrent: Optional[int]
     slots: int  # trials that can run at once on this cluster within these limits
+    workers_per_trial: int = 1  # > 1: data-parallel through Ray Train, one process per worker
 
 
 @dataclass
@@ -336,13 +435,26 @@ def stop_ray(cluster: Cluster) -> None:
 
 
 def plan_resources(configs: Sequence[Any], cluster: Cluster, cpus_per_trial: Optional[float],
-                   gpus_per_trial: Optional[float], max_concurrent: Optional[int], num_trials: int) -> Resources:
+                   gpus_per_trial: Optional[float], max_concurrent: Optional[int], num_trials: int,
+                   workers_per_trial: Optional[int] = None) -> Resources:
     """Per-trial CPUs and GPUs (given, else from what the configs need) and the slots they leave.
 
     Defaults: CPUs = max(1, train.num_threads) + data.num_workers; GPUs = 1 if the cluster has any
     and the config may use one (train.device auto or cuda), else 0. Raises RunnerError when a trial
     could never be placed.
+
+    Data-parallel trials: ``workers_per_trial`` N > 1 (default: the number of GPUs when a trial asks
+    for more than one, e.g. 8 for ``--gpus-per-trial 8``; else 1) trains each trial in N processes of
+    ``cpus_per_trial`` CPUs and, with GPUs, one GPU each (``gpus_per_trial`` must then be N);
+    ``train.batch_size`` stays the trial's total batch, split across the workers.
     """
+    if workers_per_trial is not None and workers_per_trial > 1:
+        return _plan_data_parallel(configs, cluster, cpus_per_trial, gpus_per_trial, max_concurrent, num_trials,
+                                   int(workers_per_trial))
+    if workers_per_trial is None and gpus_per_trial is not None and gpus_per_trial > 1 \
+            and gpus_per_trial == int(gpus_per_trial):
+        return _plan_data_parallel(configs, cluster, cpus_per_trial, gpus_per_trial, max_concurrent, num_trials,
+                                   int(gpus_per_trial))
     wants_cuda = any(c.train.device == "cuda" for c in configs)
     may_use_gpu = any(c.train.device in ("auto", "cuda") for c in configs)
     if cpus_per_trial is None:
@@ -369,6 +481,45 @@ def plan_resources(configs: Sequence[Any], cluster: Cluster, cpus_per_trial: Opt
     if max_concurrent:
         slots = min(slots, max_concurrent)
     return Resources(cpus_per_trial, gpus_per_trial, max_concurrent, max(1, min(slots, num_trials)))
+
+
+def _plan_data_parallel(configs: Sequence[Any], cluster: Cluster, cpus_per_worker: Optional[float],
+                        gpus_per_trial: Optional[float], max_concurrent: Optional[int], num_trials: int,
+                        workers: int) -> Resources:
+    """plan_resources for trials of ``workers`` processes: CPUs per worker, one GPU per worker or none."""
+    if cpus_per_worker is None:
+        cpus_per_worker = float(max(max(1, c.train.num_threads) + c.data.num_workers for c in configs))
+    if gpus_per_trial is None:
+        may_use_gpu = any(c.train.device in ("auto", "cuda") for c in configs)
+        gpus_per_trial = float(workers) if cluster.gpus > 0 and may_use_gpu else 0.0
+    if gpus_per_trial not in (0, workers):
+        raise RunnerError(f"--gpus-per-trial {gpus_per_trial:g} with {workers} workers per trial: each worker of a "
+                          f"data-parallel trial takes one whole GPU; expected --gpus-per-trial {workers} or 0")
+    if any(c.train.device == "cuda" for c in configs) and gpus_per_trial == 0:
+        raise RunnerError("train.device='cuda' but " + ("the Ray cluster has no GPU" if cluster.gpus == 0 else
+                                                        "--gpus-per-trial is 0") + "; use train.device=auto or cpu")
+    small = min(c.train.batch_size for c in configs)
+    if small < workers:
+        raise RunnerError(f"train.batch_size={small} is smaller than the {workers} workers per trial; expected at "
+                          "least one image per worker (the batch is the trial's total, split across its workers)")
+    gpu_each = 1.0 if gpus_per_trial else 0.0
+    # A Train run places its workers where they fit (several nodes if need be): count whole workers
+    fit_workers = 0
+    for c, g in zip(cluster.node_cpus, cluster.node_gpus):
+        per_node = math.floor(c / cpus_per_worker + 1e-9)
+        if gpu_each:
+            per_node = min(per_node, math.floor(g + 1e-9))
+        fit_workers += per_node
+    if fit_workers < workers:
+        raise RunnerError(f"a data-parallel trial needs {workers} workers of {cpus_per_worker:g} CPU and {gpu_each:g} "
+                          f"GPU but the Ray cluster holds only {fit_workers} (CPUs per node: "
+                          f"{', '.join(f'{c:g}' for c in cluster.node_cpus)}; GPUs: "
+                          f"{', '.join(f'{g:g}' for g in cluster.node_gpus)}); lower --cpus-per-trial or the "
+                          "workers per trial")
+    slots = fit_workers // workers
+    if max_concurrent:
+        slots = min(slots, max_concurrent)
+    return Resources(cpus_per_worker, gpus_per_trial, max_concurrent, max(1, min(slots, num_trials)), workers)
 
 
 def _trial_name(trial) -> str:
@@ -406,16 +557,31 @@ def run_trials(name: str, specs: Sequence[TrialSpec], resources: Resources, stor
     for noisy in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     by_key = {s.key: {"config": s.config, "resume_from": s.resume_from} for s in specs}
-    trainable = tune.with_resources(tune.with_parameters(train_trial, specs=by_key),
-                                    {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+    experiment = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    max_concurrent = resources.max_concurrent
+    if resources.workers_per_trial > 1:
+        # The Tune trial only drives the Ray Train run, whose workers reserve the CPUs and GPUs: it
+        # reserves a little memory and no CPU (a CPU would be missing for the last worker on a full
+        # node). Only as many trials start as have their workers' resources, so that no Train run
+        # waits for another's.
+        parallel = {"workers": resources.workers_per_trial, "use_gpu": resources.gpus_per_trial > 0,
+                    "cpus_per_worker": resources.cpus_per_trial, "storage_path": storage_path,
+                    "experiment": experiment}
+        trial_resources = {"cpu": 0, "gpu": 0, "memory": DATA_PARALLEL_DRIVER_MEMORY}
+        max_concurrent = resources.slots
+    else:
+        parallel = None
+        trial_resources = {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, specs=by_key, parallel=parallel),
+                                    trial_resources)
     forward = _Forward(listeners, stop)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial_key": tune.grid_search([s.key for s in specs])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent, reuse_actors=True,
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
-            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+            name=experiment, storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), stop=_StopWhen(stop) if stop else None,
             callbacks=[forward], verbose=0, log_to_file=True),

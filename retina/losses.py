@@ -13,7 +13,7 @@ at p_t = 1 (sigmoid saturates to exactly 1 in float32 for |x| > ~17).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +110,10 @@ class RetinaLoss:
         self.normalizer_momentum = normalizer_momentum
         self.ohem_batch_size, self.ohem_nms, self.ohem_pos_ratio = ohem_batch_size, ohem_nms, ohem_pos_ratio
         self.normalizer_ema: Optional[float] = None  # state, saved in checkpoints
+        # Data-parallel training (retina.distributed, set by retina.train.fit): sums this process's
+        # foreground count over all processes, so that each divides by the whole batch's count (and
+        # the moving average follows it) exactly as one process with the whole batch would.
+        self.count_over_processes: Optional[Callable[[int], float]] = None
 
     def state_dict(self) -> dict:
         return {"normalizer_ema": self.normalizer_ema}
@@ -118,6 +122,8 @@ class RetinaLoss:
         self.normalizer_ema = state.get("normalizer_ema")
 
     def _normalizer(self, num_foreground: int) -> float:
+        if self.count_over_processes is not None:
+            num_foreground = self.count_over_processes(num_foreground)
         if self.normalizer_momentum <= 0:
             return max(1.0, float(num_foreground))
         m = self.normalizer_momentum

@@ -10,6 +10,12 @@ Reproducibility: the data order and the flips are a pure function of (seed, posi
 stream), the learning rate a pure function of the iteration, and a checkpoint holds model,
 optimizer, loss-normalizer and RNG state; so a run resumed from iteration i continues exactly as the
 uninterrupted run would have.
+
+Data-parallel: called in every process of an initialized ``torch.distributed`` process group, ``fit``
+trains one model on ``train.batch_size`` images per iteration split across the processes, with the
+gradient of one process on the whole batch (BatchNorm caveat on CPUs: see :mod:`retina.distributed`).
+Checkpoints (interchangeable with single-process ones) are written and the model is evaluated by
+rank 0 only.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as config_lib
+from . import distributed
 from .data import CocoDetection, collate, ensure_synthetic
 from .evaluate import evaluate_coco
 from .losses import from_config as loss_from_config
@@ -215,40 +222,65 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
     Returns:
         metrics: status ("finished" or "diverged"), iterations, diverged_at, AP, AP50, AP75, APs,
         APm, APl (percent), inference_ms, train_time_s, train_images_per_s, eval_summary, ...
+
+    In a torch.distributed process group of N processes (:mod:`retina.distributed`), every process
+    calls ``fit`` with the same arguments and takes its share of each batch. The callbacks are called
+    in every process, equally often, with the same metrics (those of the whole batch: losses,
+    foreground count and images summed over processes), so a caller whose reporting is collective
+    (Ray Train's ``report``) can report from each; ``on_checkpoint`` is called in every process once
+    rank 0 has written ``checkpoint_dir/checkpoint.pt`` (the other processes write nothing). Rank 0
+    evaluates; the other processes return the training part of the result (no AP) without waiting.
     """
     t = cfg.train
+    ctx = distributed.context()
     device = resolve_device(t.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU (set by its launcher)
+    if ctx.enabled and t.batch_size < ctx.world_size:
+        raise config_lib.ConfigError(f"train.batch_size={t.batch_size} is smaller than the {ctx.world_size} "
+                                     "data-parallel processes; expected at least one image per process")
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     random.seed(t.seed)
     torch.manual_seed(t.seed)
 
     train_set, val_set = build_datasets(cfg)
-    model: RetinaNet = model_from_config(cfg, train_set.num_classes).to(device)
+    net: RetinaNet = model_from_config(cfg, train_set.num_classes).to(device)
     if uses_channels_last(cfg, device):
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        net = net.to(memory_format=torch.channels_last)
     loss_fn = loss_from_config(cfg.loss)
 
+    state = None
     start_iteration = 0
     if resume_from:
         state = load_checkpoint(resume_from, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        net.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
-        _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
         start_iteration = int(state["iteration"])
+    # DDP (and SyncBatchNorm on CUDA) when distributed; `net` is the model itself, whose state_dict
+    # the checkpoints hold, `model` what the batches go through.
+    model = distributed.wrap_model(net, device, ctx)
+    net = distributed.unwrap(model)
+    optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
         log.info("resumed from %s at iteration %d", resume_from, start_iteration)
+    if ctx.enabled:
+        loss_fn.count_over_processes = lambda n: distributed.sum_over_processes([n], device)[0]
 
     sampler = StreamBatchSampler(len(train_set), t.batch_size, t.iterations, t.seed, cfg.data.flip_prob,
                                  start_iteration)
+    if ctx.enabled:
+        sampler = distributed.ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
     loader = make_loader(train_set, sampler, cfg, device)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
 
     def checkpoint(iteration: int) -> None:
         if ckpt_path is None:
             return
-        save_checkpoint(ckpt_path, model, optimizer, loss_fn, iteration, cfg)
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, net, optimizer, loss_fn, iteration, cfg)
         if on_checkpoint:
             on_checkpoint(str(ckpt_path), iteration)
 
@@ -264,24 +296,36 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
         lr = learning_rate(t, iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if ctx.enabled:
+            batch = distributed.pad_like_global_batch(batch, device)
         losses = batch_losses(model, loss_fn, batch, cfg, device)
         loss = losses.total
-        loss_value = float(loss.detach())
+        # this batch's figures: this process's, or (distributed) the sums over all processes, which
+        # are the whole batch's: every process then takes the same decisions (divergence) and reports
+        # the same metrics
+        loss_cls, loss_box = float(losses.loss_cls.detach()), float(losses.loss_box.detach())
+        num_fg, batch_images = float(losses.num_foreground), int(batch["images"].shape[0])
+        if ctx.enabled:
+            loss_cls, loss_box, num_fg, images = distributed.sum_over_processes(
+                [loss_cls, loss_box, num_fg, batch_images], device)
+            batch_images = int(images)
+        loss_value = loss_cls + loss_box
         if not math.isfinite(loss_value):
             status, diverged_at = "diverged", iteration + 1
             log.warning("non-finite loss (%s) at iteration %d: stopping", loss_value, diverged_at)
             break
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages the processes' gradients; each process's loss is its part of the batch's sum
+        # (divided by the global count), so x N makes the average their sum: the whole batch's gradient
+        (loss * ctx.world_size if ctx.enabled else loss).backward()
         if t.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip_norm)
         optimizer.step()
         iteration += 1
-        batch_images = batch["images"].shape[0]
         images_seen += batch_images
-        window.loss_cls += float(losses.loss_cls.detach())
-        window.loss_box += float(losses.loss_box.detach())
-        window.num_fg += losses.num_foreground
+        window.loss_cls += loss_cls
+        window.loss_box += loss_box
+        window.num_fg += num_fg
         window.steps += 1
         window.images += batch_images
 
@@ -319,6 +363,8 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
         "num_train_images": len(train_set),
         "device": str(device),
     }
+    if ctx.enabled:
+        result.update({"world_size": ctx.world_size, "rank": ctx.rank})
     if status == "diverged":
         # A diverged model has no meaningful detections: AP 0 by definition, recorded, not raised.
         result.update({k: 0.0 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
@@ -326,12 +372,13 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
                        "num_val_images": 0})
     else:
         checkpoint(iteration)
-        loader_val, image_ids = val_loader(val_set, cfg, device)
-        detections, inference_ms = predict(model, loader_val, val_set.category_ids, cfg, device)
-        scores = evaluate_coco(val_set.coco, detections, image_ids)
-        result.update({k: v for k, v in scores.items() if k != "summary"})
-        result.update({"inference_ms": inference_ms, "eval_summary": scores["summary"],
-                       "num_val_images": len(image_ids), "num_detections": len(detections)})
+        if ctx.is_main:
+            loader_val, image_ids = val_loader(val_set, cfg, device)
+            detections, inference_ms = predict(net, loader_val, val_set.category_ids, cfg, device)
+            scores = evaluate_coco(val_set.coco, detections, image_ids)
+            result.update({k: v for k, v in scores.items() if k != "summary"})
+            result.update({"inference_ms": inference_ms, "eval_summary": scores["summary"],
+                           "num_val_images": len(image_ids), "num_detections": len(detections)})
     if on_metrics:
         on_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None})
     return result
