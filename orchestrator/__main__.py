@@ -2,7 +2,8 @@
 
     python -m orchestrator run sweeps/alpha_gamma.yaml [--profile P] [--set key=value ...] [--dry-run]
         [--address A] [--tracking-uri U] [--storage-path S] [--max-concurrent N]
-        [--cpus-per-trial C] [--gpus-per-trial G] [--max-failures N] [--tracking-deadline S] [--verbose]
+        [--cpus-per-trial C] [--gpus-per-trial G] [--workers-per-trial N] [--max-failures N]
+        [--tracking-deadline S] [--verbose]
     python -m orchestrator status [SWEEP] [-v] [--tracking-uri U]
     python -m orchestrator report [SWEEP ...] [--out DIR] [--tracking-uri U] [--no-log]
 
@@ -153,7 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 [t.config for t in todo], cluster,
                 cpus_per_trial=args.cpus_per_trial or r.cpus_per_trial,
                 gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else r.gpus_per_trial,
-                max_concurrent=args.max_concurrent or r.max_concurrent, num_trials=len(todo))
+                max_concurrent=args.max_concurrent or r.max_concurrent, num_trials=len(todo),
+                workers_per_trial=args.workers_per_trial)
         except runner.RunnerError as e:
             return _fail(e)
         return _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun)
@@ -191,8 +193,10 @@ def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, 
     print(f"sweep {sweep.name} ({sweep.path}), profile {sweep.profile}: {len(sweep.trials)} trials, "
           f"{skipped} done before (skipped), {len(todo)} to run"
           + (f" ({len(resumed)} resume from a checkpoint)" if resumed else ""))
-    print(f"  {where}: {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs; per trial {resources.cpus_per_trial:g} CPU, "
-          f"{resources.gpus_per_trial:g} GPU; {resources.slots} at once")
+    per = (f"{resources.workers_per_trial} data-parallel workers of {resources.cpus_per_trial:g} CPU and "
+           f"{resources.gpus_per_trial / resources.workers_per_trial:g} GPU" if resources.workers_per_trial > 1
+           else f"{resources.cpus_per_trial:g} CPU, {resources.gpus_per_trial:g} GPU")
+    print(f"  {where}: {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs; per trial {per}; {resources.slots} at once")
     print(f"  tracking: {tracking.describe_store(uri)}; checkpoints: {storage}")
     if len(cluster.node_cpus) > 1 and "://" not in storage:
         print(f"  note: {storage} is a local path; every node of the cluster must reach it (a shared file "
@@ -250,6 +254,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial:g} is out of range; expected a number >= 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent {args.max_concurrent} is out of range; expected an integer >= 1")
+    if args.workers_per_trial is not None and args.workers_per_trial < 1:
+        raise ConfigError(f"--workers-per-trial {args.workers_per_trial} is out of range; expected an integer >= 1")
     if args.tracking_deadline <= 0:
         raise ConfigError(f"--tracking-deadline {args.tracking_deadline:g} is out of range; expected seconds > 0")
     if args.max_failures < 0:
@@ -327,7 +333,11 @@ def _add_run(sub) -> None:
                                           "cluster a path or URI every node can reach")
     p.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as many as fit)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default from the profile: 1 on cpu)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.25)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.25); an "
+                                                        "integer N > 1 trains data-parallel on N GPUs")
+    p.add_argument("--workers-per-trial", type=int, metavar="N",
+                   help="data-parallel processes per trial (Ray Train TorchTrainer; each takes --cpus-per-trial CPUs "
+                        "and, with GPUs, one GPU); default: the GPUs of a trial asking for more than one, else 1")
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a trial that raises, each from its latest checkpoint (default 1)")
     p.add_argument("--tracking-deadline", type=float, default=900.0, metavar="SECONDS",

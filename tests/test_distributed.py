@@ -272,12 +272,10 @@ rows:
 
 @pytest.mark.slow
 def test_a_trial_on_two_gloo_workers_reaches_mlflow_like_a_one_process_trial(ray_session, orchestrator_dirs,
-                                                                             monkeypatch, capsys):
+                                                                             capsys):
     """Local Ray with 2 CPUs: the Tune trial (no CPU) runs a TorchTrainer of 2 workers of 1 CPU;
     rank 0's progress, checkpoints and final result reach the driver's MLflow tracker and live view
     as a one-process trial's do (tests/test_orchestrator_e2e.py checks the same for those)."""
-    import functools
-
     from mlflow.tracking import MlflowClient
 
     from orchestrator import runner
@@ -285,13 +283,11 @@ def test_a_trial_on_two_gloo_workers_reaches_mlflow_like_a_one_process_trial(ray
 
     if ray_session.cpus < 2:
         pytest.skip(f"needs a local Ray with 2 CPUs, has {ray_session.cpus:g}")
-    # the CLI has no --workers-per-trial yet: ask plan_resources for 2 workers as that flag would
-    monkeypatch.setattr(runner, "plan_resources", functools.partial(runner.plan_resources, workers_per_trial=2))
     path = orchestrator_dirs["root"] / "parallel.yaml"
     path.write_text(PARALLEL_SWEEP)
     capsys.readouterr()
-    rc = main(["run", str(path), "--tracking-uri", orchestrator_dirs["uri"], "--storage-path",
-               str(orchestrator_dirs["storage"]), "--set", *orchestrator_dirs["settings"]])
+    rc = main(["run", str(path), "--workers-per-trial", "2", "--tracking-uri", orchestrator_dirs["uri"],
+               "--storage-path", str(orchestrator_dirs["storage"]), "--set", *orchestrator_dirs["settings"]])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "1 finished, 0 skipped, 0 diverged, 0 failed" in out
