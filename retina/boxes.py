@@ -77,39 +77,72 @@ def pad_targets(boxes: List[torch.Tensor], labels: List[torch.Tensor], iscrowd: 
     return out_boxes, out_labels, out_crowd, valid
 
 
+# Anchor assignment computes IoU in chunks of anchors with at most this many (image, box, anchor)
+# values each: a crowded 600x1000 batch (16 images x ~100 boxes x 113,193 anchors = 181M values, 724 MB
+# per float tensor, several of them at once) then needs a few tens of MB instead of gigabytes.
+MATCH_CHUNK_ELEMENTS = 1 << 22
+
+
 def match_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: torch.Tensor,
                   gt_crowd: torch.Tensor | None = None, fg_iou: float = 0.5, bg_iou: float = 0.4,
-                  allow_low_quality_matches: bool = False) -> torch.Tensor:
+                  allow_low_quality_matches: bool = False,
+                  chunk_elements: int = MATCH_CHUNK_ELEMENTS) -> torch.Tensor:
     """Assign every anchor of every image.
 
     Args:
         anchors: (R, 4), shared by the batch.
         gt_boxes: (N, G, 4) padded ground truth; ``gt_valid`` (N, G) marks the real ones.
         gt_crowd: (N, G) crowd boxes: never foreground; an anchor that would match one is ignored.
+        chunk_elements: the (N, G, anchors) IoU values computed at once; the anchors are processed in
+            chunks of ``chunk_elements // (N * G)``. The result does not depend on it (each IoU value
+            and each per-anchor decision is the same; tests/test_speed_paths.py checks it).
     Returns:
         (N, R) long: matched gt index (foreground), BACKGROUND (IoU < bg_iou with every box) or IGNORE.
     """
     n, g = gt_valid.shape
     r = anchors.shape[0]
+    device = anchors.device
     if g == 0 or r == 0:
-        return torch.full((n, r), BACKGROUND, dtype=torch.long, device=anchors.device)
-    iou = pairwise_iou(gt_boxes, anchors.unsqueeze(0).expand(n, r, 4))  # (N, G, R)
-    iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
+        return torch.full((n, r), BACKGROUND, dtype=torch.long, device=device)
     crowd = gt_crowd if gt_crowd is not None else torch.zeros_like(gt_valid)
     regular = gt_valid & ~crowd
-    iou_regular = iou.masked_fill(~regular[:, :, None], -1.0)
-    best_iou, best_gt = iou_regular.max(dim=1)  # (N, R)
-    labels = torch.full((n, r), IGNORE, dtype=torch.long, device=anchors.device)
-    labels[best_iou < bg_iou] = BACKGROUND
-    fg = best_iou >= fg_iou
-    labels[fg] = best_gt[fg]
+    crowd_valid = gt_valid & crowd
+    has_crowd = bool(crowd_valid.any())
+    step = max(1, chunk_elements // (n * g))
+    chunks = [(s, min(s + step, r)) for s in range(0, r, step)]
+
+    def regular_iou(start: int, stop: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """IoU of the chunk's anchors with every box, and the same with -1 for all but the regular
+        boxes: (N, G, stop - start) each."""
+        iou = pairwise_iou(gt_boxes, anchors[start:stop].unsqueeze(0).expand(n, stop - start, 4))
+        return iou, iou.masked_fill(~regular[:, :, None], -1.0)
+
+    labels = torch.empty((n, r), dtype=torch.long, device=device)
+    crowd_hit = torch.zeros((n, r), dtype=torch.bool, device=device) if has_crowd else None
+    best_per_gt = torch.full((n, g, 1), -1.0, device=device) if allow_low_quality_matches else None
+    kept = []  # the chunks' regular IoU, kept for the low-quality pass when there is a single chunk
+    for start, stop in chunks:
+        iou, iou_regular = regular_iou(start, stop)
+        best_iou, best_gt = iou_regular.max(dim=1)  # (N, chunk)
+        chunk = labels[:, start:stop]
+        chunk.fill_(IGNORE)
+        chunk[best_iou < bg_iou] = BACKGROUND
+        fg = best_iou >= fg_iou
+        chunk[fg] = best_gt[fg]
+        if has_crowd:
+            crowd_hit[:, start:stop] = iou.masked_fill(~crowd_valid[:, :, None], -1.0).max(dim=1).values >= bg_iou
+        if allow_low_quality_matches:
+            best_per_gt = torch.maximum(best_per_gt, iou_regular.max(dim=2, keepdim=True).values)
+            if len(chunks) == 1:
+                kept.append(iou_regular)
+        del iou, iou_regular
     if allow_low_quality_matches:
         # Each real box also claims the anchor(s) with its highest IoU (ties included), if that IoU > 0.
-        best_per_gt = iou_regular.max(dim=2, keepdim=True).values  # (N, G, 1)
-        is_best = (iou_regular == best_per_gt) & regular[:, :, None] & (best_per_gt > 0)
-        img, gt_idx, anchor_idx = is_best.nonzero(as_tuple=True)
-        labels[img, anchor_idx] = gt_idx
-    if crowd.any():
-        iou_crowd = iou.masked_fill(~(gt_valid & crowd)[:, :, None], -1.0).max(dim=1).values
-        labels[(labels == BACKGROUND) & (iou_crowd >= bg_iou)] = IGNORE
+        claims = regular[:, :, None] & (best_per_gt > 0)  # (N, G, 1)
+        for start, stop in chunks:
+            iou_regular = kept[0] if kept else regular_iou(start, stop)[1]
+            img, gt_idx, anchor_idx = ((iou_regular == best_per_gt) & claims).nonzero(as_tuple=True)
+            labels[img, anchor_idx + start] = gt_idx
+    if has_crowd:
+        labels[(labels == BACKGROUND) & crowd_hit] = IGNORE
     return labels
