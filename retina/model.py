@@ -17,6 +17,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import batched_nms
 
+from . import winograd
 from .anchors import AnchorGenerator
 from .boxes import decode
 
@@ -54,6 +55,9 @@ class FPN(nn.Module):
             if isinstance(m, nn.Conv2d):  # as torchvision's and Detectron's FPN
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 nn.init.zeros_(m.bias)
+        # P3's output conv by Winograd F(2x2, 3x3) on CPU (set by RetinaNet's ``winograd``): at the
+        # cpu profile's sizes the largest 3x3 conv of the FPN, and the only one where Winograd pays.
+        self.winograd_p3 = False
 
     def forward(self, c: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         c3, c4, c5 = c
@@ -62,7 +66,12 @@ class FPN(nn.Module):
         top = self.lateral[1](c4) + F.interpolate(top, size=c4.shape[-2:], mode="nearest")
         p4 = self.output[1](top)
         top = self.lateral[0](c3) + F.interpolate(top, size=c3.shape[-2:], mode="nearest")
-        p3 = self.output[0](top)
+        if self.winograd_p3 and top.device.type == "cpu":
+            conv = self.output[0]
+            p3 = winograd.conv3x3([top.permute(0, 2, 3, 1)], [conv.weight], [conv.bias])[0][0]
+            p3 = p3.permute(0, 3, 1, 2)  # channels-last memory: what the subnets' Winograd path reads
+        else:
+            p3 = self.output[0](top)
         p6 = self.p6(c5)
         p7 = self.p7(F.relu(p6))
         return [p3, p4, p5, p6, p7]
@@ -89,6 +98,16 @@ class Subnet(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.predictor.bias, final_bias)
 
+    def layers(self) -> List[Tuple[nn.Conv2d, nn.GroupNorm | None]]:
+        """The tower as (conv, norm or None) pairs, each followed by a ReLU."""
+        out: List[Tuple[nn.Conv2d, nn.GroupNorm | None]] = []
+        for m in self.tower:
+            if isinstance(m, nn.Conv2d):
+                out.append((m, None))
+            elif isinstance(m, nn.GroupNorm):
+                out[-1] = (out[-1][0], m)
+        return out
+
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per level (N, A*C, H, W) -> (N, H*W*A, C); concatenated over levels: (N, R, C)."""
         outs = []
@@ -105,28 +124,78 @@ def prior_bias(prior_prob: float) -> float:
     return -math.log((1.0 - prior_prob) / prior_prob)
 
 
+def _norm_relu(y: torch.Tensor, norm: nn.GroupNorm | None) -> torch.Tensor:
+    """[GroupNorm] and ReLU of a channels-last (N, H, W, C) tensor; returns (N, H, W, C) contiguous."""
+    if norm is not None:
+        y = F.group_norm(y.permute(0, 3, 1, 2), norm.num_groups, norm.weight, norm.bias, norm.eps).permute(0, 2, 3, 1)
+    return F.relu(y, inplace=True).contiguous()
+
+
+def heads_winograd(cls_subnet: Subnet, box_subnet: Subnet,
+                   features: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Both subnets over all levels, as ``cls_subnet(features), box_subnet(features)`` compute them, with
+    the towers' 3x3 convs by Winograd F(2x2, 3x3) (retina/winograd.py): one matrix product per conv for
+    all levels, and the two subnets' first convs (same input) as one. Channels-last throughout; the
+    predictors (few output channels, where Winograd's transforms cost more than they save) stay direct."""
+    xs = [f.permute(0, 2, 3, 1) for f in features]  # (N, H, W, C): free if features are channels_last
+    subnets = (cls_subnet, box_subnet)
+    layers = [s.layers() for s in subnets]
+    states = [xs, xs]
+    for i in range(len(layers[0])):
+        convs = [layer[i][0] for layer in layers]
+        if i == 0:  # the same input: one product for both subnets
+            outs = winograd.conv3x3(xs, [c.weight for c in convs], [c.bias for c in convs])
+            ys = [[o[j] for o in outs] for j in range(2)]
+        else:
+            ys = [[o[0] for o in winograd.conv3x3(states[j], [convs[j].weight], [convs[j].bias])]
+                  for j in range(2)]
+        states = [[_norm_relu(y, layers[j][i][1]) for y in ys[j]] for j in range(2)]
+    n = features[0].shape[0]
+    out = []
+    for s, state in zip(subnets, states):
+        # predictor on the channels-last view; (N, H, W, A*K) is already (N, H*W*A, K) in memory
+        ys = [s.predictor(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) for x in state]
+        out.append(torch.cat([y.reshape(n, -1, s.out_per_anchor) for y in ys], dim=1))
+    return out[0], out[1]
+
+
 class RetinaNet(nn.Module):
     def __init__(self, num_classes: int, depth: int = 50, fpn_channels: int = 256, head_convs: int = 4,
                  head_norm: str = "none", prior_init: bool = True, prior_prob: float = 0.01,
-                 anchor_generator: AnchorGenerator | None = None):
+                 anchor_generator: AnchorGenerator | None = None, winograd: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator or AnchorGenerator()
         a = self.anchor_generator.num_anchors_per_location
         self.backbone = ResNetBackbone(depth)
         self.fpn = FPN(self.backbone.out_channels, fpn_channels)
+        self.winograd = winograd
         bias = prior_bias(prior_prob) if prior_init else 0.0
         self.cls_subnet = Subnet(fpn_channels, head_convs, a, num_classes, head_norm, final_bias=bias)
         self.box_subnet = Subnet(fpn_channels, head_convs, a, 4, head_norm, final_bias=0.0)
+
+    @property
+    def winograd(self) -> bool:
+        """The subnets' 3x3 convs and the FPN's P3 output conv by Winograd F(2x2, 3x3) on CPU
+        (``model.winograd``); ignored on CUDA."""
+        return self.fpn.winograd_p3
+
+    @winograd.setter
+    def winograd(self, on: bool) -> None:
+        self.fpn.winograd_p3 = bool(on)
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
         """images (N, 3, H, W) normalized -> cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4),
         and the per-level feature shapes (list of (H, W))."""
         features = self.fpn(self.backbone(images))
         shapes = [tuple(f.shape[-2:]) for f in features]
+        if self.winograd and images.device.type == "cpu":
+            cls_logits, box_deltas = heads_winograd(self.cls_subnet, self.box_subnet, features)
+        else:
+            cls_logits, box_deltas = self.cls_subnet(features), self.box_subnet(features)
         return {
-            "cls_logits": self.cls_subnet(features),
-            "box_deltas": self.box_subnet(features),
+            "cls_logits": cls_logits,
+            "box_deltas": box_deltas,
             "anchors": self.anchor_generator(shapes, device=images.device),
             "shapes": shapes,
         }
@@ -137,38 +206,46 @@ class RetinaNet(nn.Module):
                     max_detections: int = 100) -> List[Dict[str, torch.Tensor]]:
         """Per level: keep scores > score_thresh, the top ``topk_per_level``, decode; merge levels,
         class-wise NMS, keep the best ``max_detections``. Boxes are clipped to each image's size
-        (before padding). Returns per image: boxes (D, 4) xyxy, scores (D,), labels (D,) contiguous."""
+        (before padding). Returns per image: boxes (D, 4) xyxy, scores (D,), labels (D,) contiguous,
+        by decreasing score.
+
+        Batched over the images: one top-k per level for the whole batch, one decode, one
+        ``batched_nms`` with a group per (image, class), so the cost does not grow with a Python
+        loop over images (tests/test_speed_paths.py checks it against the per-image loop)."""
         cls_logits, box_deltas, anchors = outputs["cls_logits"], outputs["box_deltas"], outputs["anchors"]
         a, k = self.anchor_generator.num_anchors_per_location, self.num_classes
         level_sizes = [h * w * a for h, w in outputs["shapes"]]
         n = cls_logits.shape[0]
+        device = cls_logits.device
         scores_all = torch.sigmoid(cls_logits.float())  # (N, R, K)
-        results = []
-        for i in range(n):
-            boxes_i, scores_i, labels_i = [], [], []
-            start = 0
-            for size in level_sizes:
-                scores = scores_all[i, start:start + size].flatten()  # (R_l * K,)
-                keep = scores > score_thresh
-                idx = keep.nonzero(as_tuple=True)[0]
-                s = scores[idx]
-                if len(s) > topk_per_level:
-                    s, order = s.topk(topk_per_level)
-                    idx = idx[order]
-                anchor_idx = idx // k + start
-                boxes_i.append(decode(anchors[anchor_idx], box_deltas[i, anchor_idx]))
-                scores_i.append(s)
-                labels_i.append(idx % k)
-                start += size
-            boxes = torch.cat(boxes_i)
-            scores = torch.cat(scores_i)
-            labels = torch.cat(labels_i)
-            h, w = image_sizes[i]
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        return results
+        scores_l, anchors_l, labels_l = [], [], []
+        start = 0
+        for size in level_sizes:
+            scores = scores_all[:, start:start + size].reshape(n, size * k)
+            # the top ``topk_per_level`` of the scores above the threshold: those below cannot be
+            # among them unless fewer are above, and are dropped after the top-k
+            s, idx = scores.masked_fill(scores <= score_thresh, -1.0).topk(min(topk_per_level, size * k), dim=1)
+            scores_l.append(s)
+            anchors_l.append(idx // k + start)
+            labels_l.append(idx % k)
+            start += size
+        scores, anchor_idx, labels = torch.cat(scores_l, 1), torch.cat(anchors_l, 1), torch.cat(labels_l, 1)
+        img, cand = (scores > score_thresh).nonzero(as_tuple=True)  # (C,) each, image-major
+        anchor_idx = anchor_idx[img, cand]
+        scores, labels = scores[img, cand], labels[img, cand]
+        boxes = decode(anchors[anchor_idx], box_deltas[img, anchor_idx])
+        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=device)[img]
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        keep = batched_nms(boxes, scores, img * k + labels, nms_thresh)  # by decreasing score
+        # per image, in score order: a stable sort by image keeps the score order within each image
+        keep = keep[torch.sort(img[keep], stable=True).indices]
+        counts = torch.bincount(img[keep], minlength=n)
+        first = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(keep), device=device) - first[img[keep]]
+        keep = keep[rank < max_detections]
+        counts = counts.clamp(max=max_detections).tolist()
+        return [{"boxes": b, "scores": s, "labels": l} for b, s, l in
+                zip(boxes[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts))]
 
 
 def from_config(cfg, num_classes: int) -> RetinaNet:
@@ -177,4 +254,4 @@ def from_config(cfg, num_classes: int) -> RetinaNet:
 
     m = cfg.model
     return RetinaNet(num_classes, m.depth, m.fpn_channels, m.head_convs, m.head_norm, m.prior_init, m.prior_prob,
-                     anchors_from_config(cfg.anchors))
+                     anchors_from_config(cfg.anchors), winograd=m.winograd)

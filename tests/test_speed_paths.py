@@ -1,0 +1,276 @@
+"""The fast paths compute what the straightforward code computes.
+
+- Winograd F(2x2, 3x3) convolutions (retina/winograd.py) and the subnets built on them
+  (``model.winograd``): outputs and every gradient equal F.conv2d / the per-level nn.Module path.
+- Chunked anchor matching: labels exactly equal to the one-shot (N, G, R) IoU matcher.
+- Batched post-processing: detections exactly equal to the per-image loop it replaced.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms
+
+from retina import winograd
+from retina.anchors import AnchorGenerator, feature_shapes
+from retina.boxes import BACKGROUND, IGNORE, decode, match_anchors, pad_targets, pairwise_iou
+from retina.model import RetinaNet
+
+LEVELS = [(12, 12), (6, 6), (3, 3), (2, 2), (1, 1)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Winograd convolutions
+
+
+def _conv_case(dtype, shapes, ks, channels=16, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ws = [(torch.randn(k, channels, 3, 3, generator=g, dtype=dtype) * 0.1).requires_grad_() for k in ks]
+    bs = [torch.randn(k, generator=g, dtype=dtype).requires_grad_() for k in ks]
+    xs = [torch.randn(batch, channels, h, w, generator=g, dtype=dtype).requires_grad_() for h, w in shapes]
+    return ws, bs, xs
+
+
+@pytest.mark.parametrize("ks", [[8], [8, 5]])  # one weight, and two weights sharing the inputs
+def test_winograd_conv3x3_equals_conv2d_with_all_gradients(ks):
+    shapes = LEVELS + [(5, 7), (1, 4), (9, 2)]  # odd sizes: padded tiles, cropped outputs
+    ws, bs, xs = _conv_case(torch.float64, shapes, ks)
+    ref = [F.conv2d(x, w, b, padding=1).permute(0, 2, 3, 1) for x in xs for w, b in zip(ws, bs)]
+    out = [y for level in winograd.conv3x3([x.permute(0, 2, 3, 1) for x in xs], ws, bs) for y in level]
+    for r, o in zip(ref, out):
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+    g = torch.Generator().manual_seed(1)
+    grads_out = [torch.randn(r.shape, generator=g, dtype=r.dtype) for r in ref]
+    params = xs + ws + bs
+    for a, b in zip(torch.autograd.grad(ref, params, grads_out), torch.autograd.grad(out, params, grads_out)):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_conv3x3_passes_gradcheck():
+    ws, bs, xs = _conv_case(torch.float64, [(4, 4), (3, 5), (1, 1)], [3], channels=4, batch=1)
+
+    def f(w, b, *xs_):
+        return tuple(level[0] for level in winograd.conv3x3([x.permute(0, 2, 3, 1) for x in xs_], [w], [b]))
+
+    assert torch.autograd.gradcheck(f, (ws[0], bs[0], *xs))
+
+
+def test_winograd_float32_error_is_at_the_level_of_the_direct_convolution():
+    # the subnets' setting: 256 channels, the pyramid of a 96 px input, He-initialized weights
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(256, 256, 3, 3, generator=g) * math.sqrt(2 / (256 * 9))
+    xs = [torch.randn(8, 256, h, ww, generator=g).relu() for h, ww in LEVELS]
+    exact = [F.conv2d(x.double(), w.double(), padding=1).permute(0, 2, 3, 1) for x in xs]
+    direct = [F.conv2d(x, w, padding=1).permute(0, 2, 3, 1) for x in xs]
+    ours = [y[0] for y in winograd.conv3x3([x.permute(0, 2, 3, 1) for x in xs], [w], [torch.zeros(256)])]
+    err_direct = max((d.double() - e).abs().max().item() for d, e in zip(direct, exact))
+    err_ours = max((o.double() - e).abs().max().item() for o, e in zip(ours, exact))
+    assert err_ours <= 4 * err_direct + 1e-6, (err_ours, err_direct)
+
+
+def test_winograd_backward_recomputes_the_transform_of_large_inputs(monkeypatch):
+    ws, bs, xs = _conv_case(torch.float64, LEVELS, [6, 4])
+    xh = [x.permute(0, 2, 3, 1) for x in xs]
+
+    def grads():
+        out = [y for level in winograd.conv3x3(xh, ws, bs) for y in level]
+        return torch.autograd.grad(sum((y * y).sum() for y in out), xs + ws + bs)
+
+    kept = grads()
+    monkeypatch.setattr(winograd, "KEEP_TRANSFORMED_MAX_BYTES", 0)
+    for a, b in zip(kept, grads()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("head_convs,head_norm", [(2, "group"), (1, "none"), (0, "none")])
+def test_model_with_winograd_subnets_equals_the_per_level_modules(head_convs, head_norm):
+    """Same weights, same input: cls_logits, box_deltas and every parameter's gradient of a loss of
+    both agree with the straightforward path (per level, nn.Conv2d, NCHW) to float32 rounding."""
+    torch.manual_seed(0)
+    model = RetinaNet(4, depth=18, fpn_channels=64, head_convs=head_convs, head_norm=head_norm)
+    images = torch.randn(2, 3, 96, 128)
+
+    def run(on: bool):
+        model.winograd = on
+        model.zero_grad(set_to_none=True)
+        out = model(images)
+        g = torch.Generator().manual_seed(1)
+        loss = (out["cls_logits"] * torch.randn(out["cls_logits"].shape, generator=g)).sum() \
+            + (out["box_deltas"] * torch.randn(out["box_deltas"].shape, generator=g)).sum()
+        loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ref_out, ref_grads = run(False)
+    out, grads = run(True)
+    for key in ("cls_logits", "box_deltas"):
+        assert out[key].shape == ref_out[key].shape
+        torch.testing.assert_close(out[key], ref_out[key], rtol=1e-4, atol=1e-4)
+    assert grads.keys() == ref_grads.keys()
+    for name, ref in ref_grads.items():
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(grads[name], ref, rtol=1e-3, atol=1e-4 * max(scale, 1e-3), msg=name)
+
+
+def test_winograd_switch_acts_on_cpu_tensors_only(monkeypatch):
+    """Elsewhere (CUDA: cuDNN chooses its own algorithms) the model runs its nn.Modules as before; a
+    model on the meta device stands in for one on a GPU here."""
+    model = RetinaNet(2, depth=18, fpn_channels=32, head_convs=1, winograd=True)
+    assert model.winograd and model.fpn.winograd_p3
+
+    def fail(*args, **kwargs):
+        raise AssertionError("Winograd path taken off the CPU")
+
+    monkeypatch.setattr(winograd, "conv3x3", fail)
+    out = model.to("meta")(torch.zeros(1, 3, 64, 64, device="meta"))
+    assert out["cls_logits"].shape == (1, 9 * sum(h * w for h, w in feature_shapes(64, 64)), 2)
+    model.winograd = False
+    assert not model.fpn.winograd_p3
+
+
+# ----------------------------------------------------------------------------------------------
+# anchor matching
+
+
+def _match_reference(anchors, gt_boxes, gt_valid, gt_crowd=None, fg_iou=0.5, bg_iou=0.4,
+                     allow_low_quality_matches=False):
+    """The matcher as it was before chunking: one (N, G, R) IoU tensor."""
+    n, g = gt_valid.shape
+    r = anchors.shape[0]
+    if g == 0 or r == 0:
+        return torch.full((n, r), BACKGROUND, dtype=torch.long)
+    iou = pairwise_iou(gt_boxes, anchors.unsqueeze(0).expand(n, r, 4))
+    iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
+    crowd = gt_crowd if gt_crowd is not None else torch.zeros_like(gt_valid)
+    regular = gt_valid & ~crowd
+    iou_regular = iou.masked_fill(~regular[:, :, None], -1.0)
+    best_iou, best_gt = iou_regular.max(dim=1)
+    labels = torch.full((n, r), IGNORE, dtype=torch.long)
+    labels[best_iou < bg_iou] = BACKGROUND
+    fg = best_iou >= fg_iou
+    labels[fg] = best_gt[fg]
+    if allow_low_quality_matches:
+        best_per_gt = iou_regular.max(dim=2, keepdim=True).values
+        is_best = (iou_regular == best_per_gt) & regular[:, :, None] & (best_per_gt > 0)
+        img, gt_idx, anchor_idx = is_best.nonzero(as_tuple=True)
+        labels[img, anchor_idx] = gt_idx
+    if crowd.any():
+        iou_crowd = iou.masked_fill(~(gt_valid & crowd)[:, :, None], -1.0).max(dim=1).values
+        labels[(labels == BACKGROUND) & (iou_crowd >= bg_iou)] = IGNORE
+    return labels
+
+
+def _crowded_batch(seed, n=3, max_boxes=40, size=(96, 128)):
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    boxes, labels, crowd = [], [], []
+    for i in range(n):
+        k = [max_boxes, 0, 7][i % 3]  # a crowded image, an empty one, a sparse one
+        xy = torch.rand(k, 2, generator=g) * torch.tensor([w, h])
+        wh = 4 + torch.rand(k, 2, generator=g) * 70
+        b = torch.cat([xy, xy + wh], 1)
+        if k > 3:
+            b[3] = b[2]  # a duplicate box: ties between boxes
+        boxes.append(b)
+        labels.append(torch.randint(0, 3, (k,), generator=g))
+        crowd.append(torch.rand(k, generator=g) < 0.15)
+    return pad_targets(boxes, labels, crowd, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("low_quality", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chunked_matching_equals_unchunked_exactly(seed, low_quality):
+    anchors = AnchorGenerator(16)(feature_shapes(96, 128))  # 2,313 anchors
+    gt_boxes, _, gt_crowd, gt_valid = _crowded_batch(seed)
+    ref = _match_reference(anchors, gt_boxes, gt_valid, gt_crowd, allow_low_quality_matches=low_quality)
+    assert (ref >= 0).any() and (ref == IGNORE).any() and (ref == BACKGROUND).any()
+    n, g = gt_valid.shape
+    for chunk_elements in (1, n * g * 7, n * g * 1000, 1 << 40):  # 1 anchor per chunk ... one chunk
+        labels = match_anchors(anchors, gt_boxes, gt_valid, gt_crowd, allow_low_quality_matches=low_quality,
+                               chunk_elements=chunk_elements)
+        assert torch.equal(labels, ref), chunk_elements
+
+
+def test_matching_a_crowded_600x1000_batch_stays_within_its_chunk_budget(monkeypatch):
+    """113,193 anchors x 100 boxes x 16 images: no IoU block larger than MATCH_CHUNK_ELEMENTS."""
+    from retina import boxes as boxes_mod
+
+    anchors = AnchorGenerator()(feature_shapes(600, 1000))
+    assert anchors.shape[0] == 113193
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(16, 100, 2, generator=g) * torch.tensor([1000.0, 600.0])
+    gt_boxes = torch.cat([xy, xy + 16 + torch.rand(16, 100, 2, generator=g) * 300], 2)
+    gt_valid = torch.ones(16, 100, dtype=torch.bool)
+    largest = []
+    real = boxes_mod.pairwise_iou
+
+    def recording(b1, b2):
+        out = real(b1, b2)
+        largest.append(out.numel())
+        return out
+
+    monkeypatch.setattr(boxes_mod, "pairwise_iou", recording)
+    labels = match_anchors(anchors[:20000], gt_boxes, gt_valid)  # a slice keeps the test quick
+    assert max(largest) <= boxes_mod.MATCH_CHUNK_ELEMENTS
+    assert labels.shape == (16, 20000) and (labels >= 0).any()
+    # the whole anchor set: the same chunk size, so the same bound
+    assert max(1, boxes_mod.MATCH_CHUNK_ELEMENTS // (16 * 100)) * 16 * 100 <= boxes_mod.MATCH_CHUNK_ELEMENTS
+
+
+# ----------------------------------------------------------------------------------------------
+# post-processing
+
+
+def _postprocess_reference(model, outputs, image_sizes, score_thresh, topk_per_level, nms_thresh, max_detections):
+    """The per-image loop that the batched post-processing replaced."""
+    cls_logits, box_deltas, anchors = outputs["cls_logits"], outputs["box_deltas"], outputs["anchors"]
+    a, k = model.anchor_generator.num_anchors_per_location, model.num_classes
+    level_sizes = [h * w * a for h, w in outputs["shapes"]]
+    scores_all = torch.sigmoid(cls_logits.float())
+    results = []
+    for i in range(cls_logits.shape[0]):
+        boxes_i, scores_i, labels_i = [], [], []
+        start = 0
+        for size in level_sizes:
+            scores = scores_all[i, start:start + size].flatten()
+            idx = (scores > score_thresh).nonzero(as_tuple=True)[0]
+            s = scores[idx]
+            if len(s) > topk_per_level:
+                s, order = s.topk(topk_per_level)
+                idx = idx[order]
+            anchor_idx = idx // k + start
+            boxes_i.append(decode(anchors[anchor_idx], box_deltas[i, anchor_idx]))
+            scores_i.append(s)
+            labels_i.append(idx % k)
+            start += size
+        boxes, scores, labels = torch.cat(boxes_i), torch.cat(scores_i), torch.cat(labels_i)
+        h, w = image_sizes[i]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
+        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return results
+
+
+@pytest.mark.parametrize("topk,max_det,lowest,highest", [(400, 100, -4.0, 4.0), (1000, 300, -4.0, 4.0),
+                                                        (50, 20, -6.0, -1.0)])
+def test_batched_postprocess_equals_the_per_image_loop(topk, max_det, lowest, highest):
+    """Exactly the same detections in the same order. The scores are all distinct here: between
+    equal scores (sigmoid saturates at 1 in float32) either order is a valid result of both."""
+    torch.manual_seed(0)
+    model = RetinaNet(3, depth=18, fpn_channels=32, head_convs=1).eval()
+    with torch.no_grad():
+        out = model(torch.randn(4, 3, 128, 160))
+        n, r, k = out["cls_logits"].shape
+        for i in range(n):  # distinct logits in [lowest, highest], in random places
+            out["cls_logits"][i] = torch.linspace(lowest, highest, r * k)[torch.randperm(r * k)].view(r, k)
+        out["cls_logits"][2] = -20.0  # an image without a single score above the threshold
+        out["box_deltas"].normal_(0, 0.5)
+    sizes = [(128, 160), (100, 160), (128, 120), (64, 64)]
+    got = model.postprocess(out, sizes, 0.05, topk, 0.5, max_det)
+    ref = _postprocess_reference(model, out, sizes, 0.05, topk, 0.5, max_det)
+    assert len(got) == len(ref) == 4
+    assert len(ref[2]["scores"]) == 0 and sum(len(r["scores"]) for r in ref) > 0
+    for g_, r in zip(got, ref):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(g_[key], r[key]), key
