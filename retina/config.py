@@ -46,10 +46,11 @@ class ModelConfig:
     prior_init: bool = True  # last class conv bias = -log((1 - pi) / pi); False: bias 0 (section 5.1)
     prior_prob: float = 0.01  # pi
     channels_last: bool = False  # memory format on CUDA
-    # CPU only: the subnets' 3x3 convs and the FPN's P3 output conv by Winograd F(2x2, 3x3)
-    # (retina/winograd.py): the same result up to float rounding, in ~60% of the time of oneDNN's
-    # direct convs on AVX2 CPUs (oneDNN has Winograd on AVX-512 only); ignored on CUDA.
-    winograd: bool = False
+    # CPU only, where oneDNN's direct convolution is slow on AVX2 (ignored on CUDA): the subnets' 3x3
+    # convs and the FPN's P3 output conv by Winograd F(2x2, 3x3) (retina/winograd.py), and the weight
+    # gradients of 3x3 convs on maps of <= 16 positions as one matrix product (retina/gemm_conv.py).
+    # The same results up to float rounding; a cpu-profile training step in ~70% of the time.
+    fast_cpu_convs: bool = False
 
 
 @dataclass

@@ -20,6 +20,7 @@ from torchvision.ops import batched_nms
 from . import winograd
 from .anchors import AnchorGenerator
 from .boxes import decode
+from .gemm_conv import use_small_map_convs
 
 RESNET_C_CHANNELS = {18: (128, 256, 512), 34: (128, 256, 512), 50: (512, 1024, 2048), 101: (512, 1024, 2048)}
 
@@ -55,8 +56,8 @@ class FPN(nn.Module):
             if isinstance(m, nn.Conv2d):  # as torchvision's and Detectron's FPN
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 nn.init.zeros_(m.bias)
-        # P3's output conv by Winograd F(2x2, 3x3) on CPU (set by RetinaNet's ``winograd``): at the
-        # cpu profile's sizes the largest 3x3 conv of the FPN, and the only one where Winograd pays.
+        # P3's output conv by Winograd F(2x2, 3x3) on CPU (set by RetinaNet's ``fast_cpu_convs``): at
+        # the cpu profile's sizes the largest 3x3 conv of the FPN, and the only one where Winograd pays.
         self.winograd_p3 = False
 
     def forward(self, c: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -162,34 +163,38 @@ def heads_winograd(cls_subnet: Subnet, box_subnet: Subnet,
 class RetinaNet(nn.Module):
     def __init__(self, num_classes: int, depth: int = 50, fpn_channels: int = 256, head_convs: int = 4,
                  head_norm: str = "none", prior_init: bool = True, prior_prob: float = 0.01,
-                 anchor_generator: AnchorGenerator | None = None, winograd: bool = False):
+                 anchor_generator: AnchorGenerator | None = None, fast_cpu_convs: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator or AnchorGenerator()
         a = self.anchor_generator.num_anchors_per_location
         self.backbone = ResNetBackbone(depth)
         self.fpn = FPN(self.backbone.out_channels, fpn_channels)
-        self.winograd = winograd
+        self.fast_cpu_convs = fast_cpu_convs
         bias = prior_bias(prior_prob) if prior_init else 0.0
         self.cls_subnet = Subnet(fpn_channels, head_convs, a, num_classes, head_norm, final_bias=bias)
         self.box_subnet = Subnet(fpn_channels, head_convs, a, 4, head_norm, final_bias=0.0)
 
     @property
-    def winograd(self) -> bool:
-        """The subnets' 3x3 convs and the FPN's P3 output conv by Winograd F(2x2, 3x3) on CPU
-        (``model.winograd``); ignored on CUDA."""
+    def fast_cpu_convs(self) -> bool:
+        """``model.fast_cpu_convs``: on CPU, the subnets' 3x3 convs and the FPN's P3 output conv by
+        Winograd F(2x2, 3x3) (retina/winograd.py), and the weight gradients of the 3x3 convs on maps of
+        at most 16 positions (C5 stage, P5..P7 at the cpu profile's 96 px) as one matrix product
+        (retina/gemm_conv.py). The same results up to float rounding; nothing changes on CUDA."""
         return self.fpn.winograd_p3
 
-    @winograd.setter
-    def winograd(self, on: bool) -> None:
+    @fast_cpu_convs.setter
+    def fast_cpu_convs(self, on: bool) -> None:
         self.fpn.winograd_p3 = bool(on)
+        use_small_map_convs(self.backbone, bool(on))
+        use_small_map_convs(self.fpn, bool(on))
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
         """images (N, 3, H, W) normalized -> cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4),
         and the per-level feature shapes (list of (H, W))."""
         features = self.fpn(self.backbone(images))
         shapes = [tuple(f.shape[-2:]) for f in features]
-        if self.winograd and images.device.type == "cpu":
+        if self.fast_cpu_convs and images.device.type == "cpu":
             cls_logits, box_deltas = heads_winograd(self.cls_subnet, self.box_subnet, features)
         else:
             cls_logits, box_deltas = self.cls_subnet(features), self.box_subnet(features)
@@ -254,4 +259,4 @@ def from_config(cfg, num_classes: int) -> RetinaNet:
 
     m = cfg.model
     return RetinaNet(num_classes, m.depth, m.fpn_channels, m.head_convs, m.head_norm, m.prior_init, m.prior_prob,
-                     anchors_from_config(cfg.anchors), winograd=m.winograd)
+                     anchors_from_config(cfg.anchors), fast_cpu_convs=m.fast_cpu_convs)

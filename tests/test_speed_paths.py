@@ -1,7 +1,8 @@
 """The fast paths compute what the straightforward code computes.
 
-- Winograd F(2x2, 3x3) convolutions (retina/winograd.py) and the subnets built on them
-  (``model.winograd``): outputs and every gradient equal F.conv2d / the per-level nn.Module path.
+- ``model.fast_cpu_convs``: Winograd F(2x2, 3x3) convolutions (retina/winograd.py), the subnets built
+  on them, and the matrix-product weight gradients of small-map convs (retina/gemm_conv.py): outputs
+  and every gradient equal F.conv2d / nn.Conv2d / the per-level nn.Module path.
 - Chunked anchor matching: labels exactly equal to the one-shot (N, G, R) IoU matcher.
 - Batched post-processing: detections exactly equal to the per-image loop it replaced.
 """
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
-from retina import winograd
+from retina import gemm_conv, winograd
 from retina.anchors import AnchorGenerator, feature_shapes
+from retina.gemm_conv import SmallMapConv2d, use_small_map_convs
 from retina.boxes import BACKGROUND, IGNORE, decode, match_anchors, pad_targets, pairwise_iou
 from retina.model import RetinaNet
 
@@ -84,15 +86,16 @@ def test_winograd_backward_recomputes_the_transform_of_large_inputs(monkeypatch)
 
 
 @pytest.mark.parametrize("head_convs,head_norm", [(2, "group"), (1, "none"), (0, "none")])
-def test_model_with_winograd_subnets_equals_the_per_level_modules(head_convs, head_norm):
-    """Same weights, same input: cls_logits, box_deltas and every parameter's gradient of a loss of
-    both agree with the straightforward path (per level, nn.Conv2d, NCHW) to float32 rounding."""
+def test_model_with_fast_cpu_convs_equals_the_straightforward_modules(head_convs, head_norm):
+    """Same weights, same input: cls_logits, box_deltas and every parameter's gradient of a loss agree
+    with the straightforward path (per level, nn.Conv2d, NCHW) to float32 rounding. The 96x128
+    input puts C5 and P5..P7 on maps of <= 12 positions: their convs take the small-map path."""
     torch.manual_seed(0)
     model = RetinaNet(4, depth=18, fpn_channels=64, head_convs=head_convs, head_norm=head_norm)
     images = torch.randn(2, 3, 96, 128)
 
     def run(on: bool):
-        model.winograd = on
+        model.fast_cpu_convs = on
         model.zero_grad(set_to_none=True)
         out = model(images)
         g = torch.Generator().manual_seed(1)
@@ -112,20 +115,47 @@ def test_model_with_winograd_subnets_equals_the_per_level_modules(head_convs, he
         torch.testing.assert_close(grads[name], ref, rtol=1e-3, atol=1e-4 * max(scale, 1e-3), msg=name)
 
 
-def test_winograd_switch_acts_on_cpu_tensors_only(monkeypatch):
+def test_fast_cpu_convs_act_on_cpu_tensors_only(monkeypatch):
     """Elsewhere (CUDA: cuDNN chooses its own algorithms) the model runs its nn.Modules as before; a
     model on the meta device stands in for one on a GPU here."""
-    model = RetinaNet(2, depth=18, fpn_channels=32, head_convs=1, winograd=True)
-    assert model.winograd and model.fpn.winograd_p3
+    model = RetinaNet(2, depth=18, fpn_channels=32, head_convs=1, fast_cpu_convs=True)
+    assert model.fast_cpu_convs and model.fpn.winograd_p3
+    assert isinstance(model.backbone.layer4[0].conv1, SmallMapConv2d)
 
     def fail(*args, **kwargs):
         raise AssertionError("Winograd path taken off the CPU")
 
     monkeypatch.setattr(winograd, "conv3x3", fail)
+    monkeypatch.setattr(gemm_conv._Conv2dGemmWeightGrad, "apply", fail)
     out = model.to("meta")(torch.zeros(1, 3, 64, 64, device="meta"))
     assert out["cls_logits"].shape == (1, 9 * sum(h * w for h, w in feature_shapes(64, 64)), 2)
-    model.winograd = False
+    model.fast_cpu_convs = False
     assert not model.fpn.winograd_p3
+    assert not any(isinstance(m, SmallMapConv2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("shape,stride,bias", [((2, 12, 3, 3), 1, True), ((2, 6, 6, 6), 2, False),
+                                               ((3, 5, 2, 2), 2, True), ((1, 4, 4, 5), 1, True)])
+def test_small_map_conv_gradients_equal_nn_conv2d(shape, stride, bias):
+    g = torch.Generator().manual_seed(0)
+    ref = torch.nn.Conv2d(shape[1], 7, 3, stride=stride, padding=1, bias=bias).double()
+    fast = torch.nn.Conv2d(shape[1], 7, 3, stride=stride, padding=1, bias=bias).double()
+    fast.load_state_dict(ref.state_dict())
+    use_small_map_convs(fast, True)
+    assert type(fast) is SmallMapConv2d and fast.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    outs, grads = [], []
+    for m in (ref, fast):
+        y = m(x)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+        outs.append(y)
+        grads.append(torch.autograd.grad(y, [x] + list(m.parameters()), gy))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)  # the same forward pass
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(fast, (x,))
+    use_small_map_convs(fast, False)
+    assert type(fast) is torch.nn.Conv2d
 
 
 # ----------------------------------------------------------------------------------------------
