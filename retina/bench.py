@@ -1,20 +1,25 @@
 """Throughput benchmark: our trainer's step vs torchvision's RetinaNet, same settings, one JSON line.
 
     python -m retina.bench [--device cpu|cuda] [--profile cpu|gpu|paper] [--iterations N] [--warmup N]
-                           [key=value ...]
+                           [--rounds N] [key=value ...]
 
-In one process, one after the other: (1) our training step exactly as ``retina.train.fit`` runs it
-(forward, pad_targets, match_anchors, RetinaLoss, backward, [grad clip], SGD step; bf16 autocast and
-channels_last on CUDA when the profile says so) on batches from the profile's loader; (2) torchvision's
-``RetinaNet`` (ResNet-FPN via ``_resnet_fpn_extractor``, weights=None) on the same batches (same
-sampler, so the same images, flips and order), converted to its input format; (3) inference of both
-(ours: forward + ``postprocess``; torchvision: eval forward) on the same validation batches.
+In one process: (1) our training step exactly as ``retina.train.fit`` runs it (forward, pad_targets,
+match_anchors, RetinaLoss, backward, [grad clip], SGD step; bf16 autocast and channels_last on CUDA
+and Winograd subnets on CPU when the profile says so) on batches from the profile's loader; (2)
+torchvision's ``RetinaNet`` (ResNet-FPN via ``_resnet_fpn_extractor``, weights=None) on the same
+batches (same sampler, so the same images, flips and order), converted to its input format, once in
+the contiguous (NCHW) and once in the channels_last memory format: the ratio is against the faster
+of the two, whichever ours uses; (3) inference of all of them (ours: forward + ``postprocess``;
+torchvision: eval forward) on the same validation batches. The timed steps are split into
+``--rounds`` blocks that run by turns (ours, torchvision, torchvision channels_last, ours, ...), so
+that a machine shared with other work slows all of them alike.
 
 Both models get: the profile's ResNet depth, FPN width 256 and 4 head convs (torchvision's are fixed
 at 256 / 4), the same 9 anchors per location (sizes and ratios), image size, batch size, precision,
-memory format, optimizer, learning-rate schedule, gradient clipping, matcher thresholds and
-post-processing thresholds. What cannot be made equal is listed under ``not_equal`` in the output.
-This is a script, not a test; nothing is downloaded.
+optimizer, learning-rate schedule, gradient clipping, matcher thresholds and post-processing
+thresholds. What cannot be made equal is listed under ``not_equal`` in the output. Neither model is
+compiled (torch.compile): on the 2-core CPU inductor took minutes to compile the training step and
+the compiled step was slower than the eager one. This is a script, not a test; nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -96,9 +101,11 @@ def torchvision_anchor_sizes(cfg: DictConfig) -> Tuple[Tuple[float, ...], ...]:
     return tuple(tuple(a.base_size * 2 ** level * s for s in scales) for level in range(5))
 
 
-def build_torchvision(cfg: DictConfig, num_classes: int, device: torch.device) -> nn.Module:
+def build_torchvision(cfg: DictConfig, num_classes: int, device: torch.device,
+                      channels_last: bool = False) -> nn.Module:
     """torchvision's RetinaNet at our settings: ResNet-{depth}-FPN-256 with P6 from C5 (as ours),
-    4-conv heads ([GroupNorm] as ours), our anchors, matcher, transform sizes and eval thresholds."""
+    4-conv heads ([GroupNorm] as ours), our anchors, matcher, transform sizes and eval thresholds;
+    parameters in the channels_last memory format if ``channels_last`` (its convs then run in it)."""
     from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
     from torchvision.models.detection import _utils as det_utils
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -128,7 +135,7 @@ def build_torchvision(cfg: DictConfig, num_classes: int, device: torch.device) -
     model.transform.size_divisible = cfg.data.size_divisibility
     model.head.regression_head._loss_type = "smooth_l1"  # beta 1/9 (ours: loss.smooth_l1_beta)
     model = model.to(device)
-    if uses_channels_last(cfg, device):
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -252,65 +259,109 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory_mib(device: torch.device) -> float:
-    """CUDA: max allocated since the last reset; CPU: the process's max RSS so far (never resets)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Parameters, gradients and optimizer state: what a model keeps on the device between steps."""
+    tensors = list(model.parameters()) + [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def process_max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def time_training(step: Callable, batches: Iterator[Batch], warmup: int, device: torch.device) -> Dict[str, float]:
-    """Run ``warmup`` untimed steps, then time the rest: images/s, s/step, share blocked on data."""
-    it = iter(batches)
-    for _ in range(warmup):
-        step(next(it))
-    synchronize(device)
-    start = time.perf_counter()
-    data_wait, steps, images = 0.0, 0, 0
-    while True:
-        wait_start = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
-        data_wait += time.perf_counter() - wait_start
-        step(batch)
-        steps += 1
-        images += len(batch["image_sizes"])
-    synchronize(device)
-    total = time.perf_counter() - start
-    return {"images_per_s": images / total, "step_s": total / max(steps, 1), "data_wait_share": data_wait / total,
-            "timed_steps": steps}
-
-
-def time_inference(infer: Callable, batches: List[Batch], warmup: int, device: torch.device) -> float:
-    """ms per image over batches[warmup:], each synchronized (data already in memory)."""
-    for batch in batches[:warmup]:
-        infer(batch)
-    busy, images = 0.0, 0
-    for batch in batches[warmup:]:
-        synchronize(device)
-        start = time.perf_counter()
-        infer(batch)
-        synchronize(device)
-        busy += time.perf_counter() - start
-        images += len(batch["image_sizes"])
-    return 1000.0 * busy / max(images, 1)
-
-
-def count_flops(step: Callable, batch: Batch) -> int:
-    """FLOPs of one training step (forward + backward; the optimizer's elementwise work is not counted)."""
+def count_flops(fn: Callable, *args) -> int:
+    """FLOPs of ``fn(*args)`` as executed (matrix products and convolutions; elementwise work not counted)."""
     counter = FlopCounterMode(display=False)
     with counter:
-        step(batch)
+        fn(*args)
     return counter.get_total_flops()
+
+
+def assumed_peak_tflops(device: torch.device) -> Optional[float]:
+    """CUDA: the H200's dense bf16 figure. CPU: threads x FMA units' fp32 FLOP per cycle (32 with AVX2
+    and FMA, 64 with AVX-512) x the clock /proc/cpuinfo reports (no boost): an estimate."""
+    if device.type == "cuda":
+        return H200_BF16_DENSE_TFLOPS
+    try:
+        info = open("/proc/cpuinfo").read()
+        mhz = float(info.split("cpu MHz")[1].split(":")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    per_cycle = 64 if " avx512f" in info else 32 if (" avx2" in info and " fma" in info) else 8
+    return torch.get_num_threads() * per_cycle * mhz * 1e6 / 1e12
+
+
+class Contender:
+    """One model in one configuration: its training step over its own loader (the same batches as
+    the others'), and its inference; timings accumulate over the rounds."""
+
+    def __init__(self, name: str, model: nn.Module, optimizer, step: Callable, infer: Callable,
+                 loader, device: torch.device):
+        self.name, self.model, self.optimizer, self.step, self.infer = name, model, optimizer, step, infer
+        self.batches = iter(loader)
+        self.device = device
+        self.train_s = self.data_wait_s = self.infer_s = 0.0
+        self.train_images = self.infer_images = self.steps = 0
+        self.peak_bytes = 0
+
+    def warm_up(self, steps: int) -> None:
+        for _ in range(steps):
+            self.step(next(self.batches))
+
+    def train_block(self, steps: int) -> None:
+        """``steps`` timed training steps; on CUDA the peak memory above what all models hold."""
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            base = torch.cuda.memory_allocated(self.device)
+            reset_peak_memory(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            wait_start = time.perf_counter()
+            batch = next(self.batches)
+            self.data_wait_s += time.perf_counter() - wait_start
+            self.step(batch)
+            self.train_images += len(batch["image_sizes"])
+            self.steps += 1
+        synchronize(self.device)
+        self.train_s += time.perf_counter() - start
+        if self.device.type == "cuda":
+            transient = torch.cuda.max_memory_allocated(self.device) - base
+            self.peak_bytes = max(self.peak_bytes, transient + held_bytes(self.model, self.optimizer))
+
+    def infer_block(self, batches: List[Batch]) -> None:
+        self.model.eval()
+        for batch in batches:
+            synchronize(self.device)
+            start = time.perf_counter()
+            self.infer(batch)
+            synchronize(self.device)
+            self.infer_s += time.perf_counter() - start
+            self.infer_images += len(batch["image_sizes"])
+        self.model.train()
+
+    def result(self) -> Dict[str, object]:
+        return {
+            "train_images_per_s": self.train_images / self.train_s,
+            "step_s": self.train_s / max(self.steps, 1),
+            "data_wait_share": self.data_wait_s / self.train_s,
+            "inference_ms_per_image": 1000.0 * self.infer_s / max(self.infer_images, 1),
+            "peak_memory_mib": self.peak_bytes / 2 ** 20 if self.device.type == "cuda" else None,
+            "timed_steps": self.steps,
+        }
+
+
+def split(total: int, parts: int) -> List[int]:
+    """``total`` as ``parts`` near-equal positive blocks (fewer if total < parts)."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
 # ----------------------------------------------------------------------------------------------
 # the benchmark
 
 
-def not_equal(cfg: DictConfig) -> List[str]:
+def not_equal(cfg: DictConfig, device: torch.device) -> List[str]:
     """What differs between the two models' training steps however they are configured."""
     loss = cfg.loss
     notes = [
@@ -321,10 +372,22 @@ def not_equal(cfg: DictConfig) -> List[str]:
         "torchvision's transform normalizes, resizes (interpolates even at scale 1.0) and pads on the device "
         "inside the timed step; ours does that in the data loader (counted as data wait when it blocks)",
         "torchvision's loss computation loops over images in Python; ours is batched",
+        "torchvision's post-processing loops over images in Python; ours is batched (one top-k per level, one "
+        "batched_nms)",
         "iscrowd: torchvision has no crowd handling (synthetic data has no crowd boxes)",
         "torchvision's smooth L1 beta is fixed at 1/9; ours is loss.smooth_l1_beta="
         f"{loss.smooth_l1_beta}",
+        "torchvision's head convs have no bias when followed by GroupNorm; ours have one (2,048 more "
+        "parameters)" if cfg.model.head_norm == "group" else None,
     ]
+    if device.type == "cpu" and cfg.model.fast_cpu_convs:
+        notes.append(
+            "convolution algorithms (model.fast_cpu_convs): ours computes the subnets' 3x3 convs and the FPN's "
+            "P3 output conv by Winograd F(2x2, 3x3) (16 instead of 36 multiplies per output tile) and the "
+            "weight gradients of 3x3 convs on maps of <= 16 positions as one im2col matrix product, the same "
+            "results up to float rounding; torchvision's run oneDNN's direct convolution throughout (oneDNN "
+            "has Winograd on AVX-512 CPUs only). flops_per_train_step counts what each executes; "
+            "ours_direct_flops_per_train_step is ours with direct convolutions")
     if loss.kind != "focal" or loss.alpha != 0.25 or loss.gamma != 2.0 or loss.normalizer_momentum:
         notes.append(f"loss: torchvision is fixed at focal alpha 0.25 gamma 2, no normalizer EMA; ours is "
                      f"{loss.kind} alpha {loss.alpha} gamma {loss.gamma} momentum {loss.normalizer_momentum}")
@@ -333,30 +396,7 @@ def not_equal(cfg: DictConfig) -> List[str]:
                      f"{cfg.model.prior_init} pi {cfg.model.prior_prob}")
     if loss.box_weight != 1.0:
         notes.append(f"box loss weight: torchvision 1.0, ours {loss.box_weight}")
-    return notes
-
-
-def benchmark_model(build: Callable, make_step: Callable, make_infer: Callable, cfg: DictConfig,
-                    train_set, infer_data: List[Batch], args, device: torch.device,
-                    flops: bool) -> Dict[str, object]:
-    """Build one model, time its training step on the profile's loader, then its inference."""
-    reset_peak_memory(device)
-    model = build(cfg, train_set.num_classes, device)
-    model.train()
-    step = make_step(model)
-    result: Dict[str, object] = {"parameters": sum(p.numel() for p in model.parameters())}
-    if flops:  # one extra step, outside the timed ones
-        first = next(iter(train_batches(cfg, train_set, 1, device)))
-        result["flops_per_step"] = count_flops(step, first)
-    result.update(time_training(step, train_batches(cfg, train_set, args.warmup + args.iterations, device),
-                                args.warmup, device))
-    result["train_peak_memory_mib"] = peak_memory_mib(device)
-    model.eval()
-    result["inference_ms_per_image"] = time_inference(make_infer(model), infer_data, args.warmup, device)
-    del model, step
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
+    return [n for n in notes if n]
 
 
 def run(args) -> Dict[str, object]:
@@ -365,17 +405,61 @@ def run(args) -> Dict[str, object]:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     train_set, val_set = build_datasets(cfg)  # generates the synthetic data if needed
+    num_classes = train_set.num_classes
+    steps = args.warmup + args.iterations
     infer_data = inference_batches(cfg, val_set, args.warmup + args.iterations, device)
+    first = next(iter(train_batches(cfg, train_set, 1, device)))  # for the FLOP counts
 
-    ours = benchmark_model(
-        build_ours, lambda m: our_step(cfg, m, make_optimizer(cfg, m), loss_from_config(cfg.loss), device),
-        lambda m: our_inference(cfg, m, device), cfg, train_set, infer_data, args, device, flops=True)
-    tv = benchmark_model(
-        build_torchvision, lambda m: torchvision_step(cfg, m, make_optimizer(cfg, m), device),
-        lambda m: torchvision_inference(cfg, m, device), cfg, train_set, infer_data, args, device, flops=True)
+    # build every contender, count its FLOPs (one extra step, untimed) and warm it up
+    contenders: List[Contender] = []
+    flops: Dict[str, int] = {}
+    ours = build_ours(cfg, num_classes, device)
+    opt = make_optimizer(cfg, ours)
+    loss_fn = loss_from_config(cfg.loss)
+    flops["ours"] = count_flops(our_step(cfg, ours, opt, loss_fn, device), first)
+    if ours.fast_cpu_convs and device.type == "cpu":  # the same model with oneDNN's convolutions only
+        ours.fast_cpu_convs = False
+        flops["ours_direct"] = count_flops(lambda b: batch_losses(ours, loss_fn, b, cfg, device).total.backward(),
+                                           first)
+        ours.fast_cpu_convs = True
+        opt.zero_grad(set_to_none=True)
+    contenders.append(Contender("ours", ours, opt, our_step(cfg, ours, opt, loss_fn, device),
+                                our_inference(cfg, ours, device), train_batches(cfg, train_set, steps, device),
+                                device))
+    for name, channels_last in (("torchvision", False), ("torchvision_channels_last", True)):
+        model = build_torchvision(cfg, num_classes, device, channels_last)
+        opt = make_optimizer(cfg, model)
+        step = torchvision_step(cfg, model, opt, device)
+        if "torchvision" not in flops:
+            flops["torchvision"] = count_flops(step, first)
+        else:
+            step(first)  # the same extra step as the first torchvision model took
+        contenders.append(Contender(name, model, opt, step, torchvision_inference(cfg, model, device),
+                                    train_batches(cfg, train_set, steps, device), device))
+    for c in contenders:
+        c.model.train()
+        c.warm_up(args.warmup)
+        c.infer_block(infer_data[:args.warmup])
+        c.infer_s, c.infer_images = 0.0, 0
 
-    peak = H200_BF16_DENSE_TFLOPS if device.type == "cuda" else None
-    achieved = ours["flops_per_step"] / ours["step_s"] / 1e12
+    # the timed blocks, by turns
+    for block in split(args.iterations, args.rounds):
+        for c in contenders:
+            c.train_block(block)
+    start = args.warmup
+    for block in split(len(infer_data) - args.warmup, args.rounds):
+        for c in contenders:
+            c.infer_block(infer_data[start:start + block])
+        start += block
+    results = {c.name: c.result() for c in contenders}
+    rss = process_max_rss_mib()
+
+    tv_names = [c.name for c in contenders if c.name != "ours"]
+    best = max(tv_names, key=lambda n: results[n]["train_images_per_s"])
+    best_infer = min(tv_names, key=lambda n: results[n]["inference_ms_per_image"])
+    ours_r, tv_r = results["ours"], results[best]
+    peak = assumed_peak_tflops(device)
+    achieved = flops["ours"] / ours_r["step_s"] / 1e12
     return {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "profile": args.profile or ("paper" if args.device == "cuda" else "cpu"),
@@ -385,24 +469,40 @@ def run(args) -> Dict[str, object]:
             * cfg.anchors.scales_per_octave, "image_size": [cfg.data.min_size, cfg.data.max_size],
             "batch_size": cfg.train.batch_size, "eval_batch_size": cfg.eval.batch_size,
             "precision": "bf16-autocast" if uses_amp(cfg, device) else "fp32",
-            "channels_last": uses_channels_last(cfg, device), "num_workers": cfg.data.num_workers,
+            "ours_channels_last": uses_channels_last(cfg, device),
+            "ours_fast_cpu_convs": bool(cfg.model.fast_cpu_convs) and device.type == "cpu",
+            "compiled": False, "num_workers": cfg.data.num_workers,
             "torch_threads": torch.get_num_threads(), "iterations": args.iterations, "warmup": args.warmup,
+            "rounds": len(split(args.iterations, args.rounds)),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
         },
-        "train_images_per_s": {"ours": ours["images_per_s"], "torchvision": tv["images_per_s"]},
-        "train_speed_ratio_ours_over_torchvision": ours["images_per_s"] / tv["images_per_s"],
-        "inference_ms_per_image": {"ours": ours["inference_ms_per_image"],
-                                   "torchvision": tv["inference_ms_per_image"]},
-        "flops_per_train_step": {"ours": ours["flops_per_step"], "torchvision": tv["flops_per_step"]},
+        "train_images_per_s": {"ours": ours_r["train_images_per_s"], "torchvision": tv_r["train_images_per_s"]},
+        "train_speed_ratio_ours_over_torchvision": ours_r["train_images_per_s"] / tv_r["train_images_per_s"],
+        "torchvision_best_configuration": best,
+        "torchvision_configurations": {n: {k: results[n][k] for k in ("train_images_per_s", "inference_ms_per_image")}
+                                       for n in tv_names},
+        "inference_ms_per_image": {"ours": ours_r["inference_ms_per_image"],
+                                   "torchvision": results[best_infer]["inference_ms_per_image"],
+                                   "torchvision_configuration": best_infer},
+        "flops_per_train_step": {"ours": flops["ours"], "torchvision": flops["torchvision"]},
+        "ours_direct_flops_per_train_step": flops.get("ours_direct"),
         "ours_achieved_tflops": achieved,
+        "ours_direct_equivalent_tflops": (flops["ours_direct"] / ours_r["step_s"] / 1e12
+                                          if "ours_direct" in flops else None),
         "assumed_peak_tflops": peak,
+        "assumed_peak_kind": ("H200 SXM dense bf16" if device.type == "cuda" else
+                              "threads x fp32 FMA FLOP/cycle x /proc/cpuinfo clock (an estimate)"),
         "ours_share_of_peak": achieved / peak if peak else None,
-        "peak_memory_mib": {"ours": ours["train_peak_memory_mib"], "torchvision": tv["train_peak_memory_mib"],
-                            "kind": "torch.cuda.max_memory_allocated (training)" if device.type == "cuda"
-                            else "process max RSS so far (cumulative: torchvision's includes ours)"},
-        "data_wait_share": {"ours": ours["data_wait_share"], "torchvision": tv["data_wait_share"]},
-        "parameters": {"ours": ours["parameters"], "torchvision": tv["parameters"]},
-        "not_equal": not_equal(cfg),
+        "peak_memory_mib": {"ours": ours_r["peak_memory_mib"], "torchvision": tv_r["peak_memory_mib"],
+                            "process_max_rss": rss if device.type == "cpu" else None,
+                            "kind": "torch.cuda.max_memory_allocated during the model's timed blocks, above "
+                                    "what the models held when it began, plus the model's parameters, "
+                                    "gradients and optimizer state" if device.type == "cuda" else
+                                    "CPU: only the process's max RSS (all models together) is known"},
+        "data_wait_share": {"ours": ours_r["data_wait_share"], "torchvision": tv_r["data_wait_share"]},
+        "parameters": {"ours": sum(p.numel() for p in ours.parameters()),
+                       "torchvision": sum(p.numel() for p in contenders[1].model.parameters())},
+        "not_equal": not_equal(cfg, device),
     }
 
 
@@ -411,15 +511,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--profile", choices=["cpu", "gpu", "paper"], default=None,
                         help="default: cpu on CPU; paper with synthetic 600 px data on CUDA")
-    parser.add_argument("--iterations", type=int, default=None, help="timed steps (default: 10 cpu, 50 cuda)")
+    parser.add_argument("--iterations", type=int, default=None, help="timed steps (default: 12 cpu, 50 cuda)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 cpu, 10 cuda)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="blocks the timed steps are split into, run by turns (default: 3 cpu, 2 cuda)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
-    args.iterations = args.iterations if args.iterations is not None else (50 if cuda else 10)
+    args.iterations = args.iterations if args.iterations is not None else (50 if cuda else 12)
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
-    if args.iterations < 1 or args.warmup < 0:
-        parser.error("--iterations must be >= 1 and --warmup >= 0")
+    args.rounds = args.rounds if args.rounds is not None else (2 if cuda else 3)
+    if args.iterations < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--iterations and --rounds must be >= 1 and --warmup >= 0")
     return args
 
 
