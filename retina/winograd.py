@@ -25,6 +25,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+from . import cpu_kernels
+
 # G (4x3): the weight transform; U = G g G^T for each (output, input) channel pair's 3x3 kernel g.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
@@ -149,82 +151,108 @@ def output_transform_t(grad_y: torch.Tensor, out: torch.Tensor) -> None:
 KEEP_TRANSFORMED_MAX_BYTES = 64 * 2 ** 20
 
 
+def _levels(xs: Sequence[torch.Tensor]) -> List[Tuple[int, int, int, int, int]]:
+    """Per input: (N, H, W, first tile row, tiles)."""
+    out, start = [], 0
+    for x in xs:
+        n, h, w = x.shape[:3]
+        th, tw = _tiles(h, w)
+        out.append((n, h, w, start, n * th * tw))
+        start += n * th * tw
+    return out
+
+
+def _transform_inputs(xs: Sequence[torch.Tensor], levels, lib) -> torch.Tensor:
+    """V (4, 4, T, C) of all inputs' tiles."""
+    c = xs[0].shape[3]
+    v = xs[0].new_empty(4, 4, levels[-1][3] + levels[-1][4], c)
+    total = v.shape[2]
+    for x, (n, h, w, t0, t) in zip(xs, levels):
+        if lib is not None:
+            lib.wg_input(x.data_ptr(), v.data_ptr(), n, h, w, c, total, t0)
+        else:
+            th, tw = _tiles(h, w)
+            input_transform(x, v[:, :, t0:t0 + t].view(4, 4, n, th, tw, c))
+    return v
+
+
 class _WinogradConv3x3(torch.autograd.Function):
     """Several 3x3 convs (``num_weights``, each over the same inputs) applied to several inputs."""
 
     @staticmethod
     def forward(ctx, num_weights: int, *args):
         weights, biases, xs = args[:num_weights], args[num_weights:2 * num_weights], args[2 * num_weights:]
-        sizes = [x.shape[1:3] for x in xs]
-        counts = [x.shape[0] * _tiles(h, w)[0] * _tiles(h, w)[1] for x, (h, w) in zip(xs, sizes)]
+        lib = cpu_kernels.load() if cpu_kernels.usable(*xs, *weights, *biases) else None
+        levels = _levels(xs)
         c = xs[0].shape[3]
-        v = xs[0].new_empty(4, 4, sum(counts), c)
-        start = 0
-        for x, (h, w), t in zip(xs, sizes, counts):
-            th, tw = _tiles(h, w)
-            input_transform(x, v[:, :, start:start + t].view(4, 4, x.shape[0], th, tw, c))
-            start += t
+        v = _transform_inputs(xs, levels, lib)
+        total = v.shape[2]
         u = torch.cat([weight_transform(wt) for wt in weights], dim=1)  # (16, sum K, C)
-        m = torch.bmm(v.view(16, -1, c), u.transpose(1, 2)).view(4, 4, -1, u.shape[1])
+        ksum = u.shape[1]
+        m = torch.bmm(v.view(16, total, c), u.transpose(1, 2)).view(4, 4, total, ksum)
         outs = []
         ks = [wt.shape[0] for wt in weights]
-        start = 0
-        for x, (h, w), t in zip(xs, sizes, counts):
-            th, tw = _tiles(h, w)
+        for n, h, w, t0, t in levels:
             k0 = 0
             for k, b in zip(ks, biases):
-                mk = m[:, :, start:start + t, k0:k0 + k].reshape(4, 4, x.shape[0], th, tw, k)
-                outs.append(output_transform(mk, h, w, b))
+                if lib is not None:
+                    y = m.new_empty(n, h, w, k)
+                    lib.wg_output(m.data_ptr(), y.data_ptr(), None if b is None else b.data_ptr(), n, h, w, k,
+                                  ksum, total, t0, k0)
+                else:
+                    th, tw = _tiles(h, w)
+                    y = output_transform(m[:, :, t0:t0 + t, k0:k0 + k].reshape(4, 4, n, th, tw, k), h, w, b)
+                outs.append(y)
                 k0 += k
-            start += t
         ctx.keep_v = v.numel() * v.element_size() <= KEEP_TRANSFORMED_MAX_BYTES
         ctx.save_for_backward(u, v if ctx.keep_v else None, *xs)
-        ctx.ks, ctx.sizes, ctx.counts = ks, sizes, counts
+        ctx.ks, ctx.levels, ctx.use_lib = ks, levels, lib is not None
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, *grads):
         u, v, *xs = ctx.saved_tensors
-        ks, sizes, counts = ctx.ks, ctx.sizes, ctx.counts
+        ks, levels = ctx.ks, ctx.levels
+        lib = cpu_kernels.load() if ctx.use_lib else None
+        grads = [g if g is None or g.is_contiguous() else g.contiguous() for g in grads]
+        if lib is not None and not cpu_kernels.usable(*[g for g in grads if g is not None]):
+            lib = None
         nw = len(ks)
         ksum, c = u.shape[1], u.shape[2]
-        total = sum(counts)
+        total = levels[-1][3] + levels[-1][4]
         gm = u.new_empty(4, 4, total, ksum)
         gbias = [None] * nw
-        start = 0
-        for li, (x, (h, w), t) in enumerate(zip(xs, sizes, counts)):
-            th, tw = _tiles(h, w)
+        for li, (n, h, w, t0, t) in enumerate(levels):
             k0 = 0
             for wi, k in enumerate(ks):
                 gy = grads[li * nw + wi]
-                target = gm[:, :, start:start + t, k0:k0 + k]
                 if gy is None:
-                    target.zero_()
+                    gm[:, :, t0:t0 + t, k0:k0 + k].zero_()
                 else:
-                    gy = gy.contiguous()
-                    gb = gy.sum(dim=(0, 1, 2))
-                    gbias[wi] = gb if gbias[wi] is None else gbias[wi] + gb
-                    output_transform_t(gy, target.view(4, 4, x.shape[0], th, tw, k))
+                    if ctx.needs_input_grad[1 + nw + wi]:
+                        gb = gy.sum(dim=(0, 1, 2))
+                        gbias[wi] = gb if gbias[wi] is None else gbias[wi] + gb
+                    if lib is not None:
+                        lib.wg_output_t(gy.data_ptr(), gm.data_ptr(), n, h, w, k, ksum, total, t0, k0)
+                    else:
+                        th, tw = _tiles(h, w)
+                        output_transform_t(gy, gm[:, :, t0:t0 + t, k0:k0 + k].view(4, 4, n, th, tw, k))
                 k0 += k
-            start += t
         gm16 = gm.view(16, total, ksum)
         grad_x = [None] * len(xs)
         if any(ctx.needs_input_grad[1 + 2 * nw:]):
             gv = torch.bmm(gm16, u).view(4, 4, total, c)
-            start = 0
-            for li, (x, (h, w), t) in enumerate(zip(xs, sizes, counts)):
-                th, tw = _tiles(h, w)
-                grad_x[li] = input_transform_t(gv[:, :, start:start + t].view(4, 4, x.shape[0], th, tw, c), h, w)
-                start += t
+            for li, (n, h, w, t0, t) in enumerate(levels):
+                if lib is not None:
+                    grad_x[li] = gv.new_zeros(n, h, w, c)
+                    lib.wg_input_t(gv.data_ptr(), grad_x[li].data_ptr(), n, h, w, c, total, t0)
+                else:
+                    th, tw = _tiles(h, w)
+                    grad_x[li] = input_transform_t(gv[:, :, t0:t0 + t].view(4, 4, n, th, tw, c), h, w)
         grad_w = [None] * nw
         if any(ctx.needs_input_grad[1:1 + nw]):
             if v is None:
-                v = u.new_empty(4, 4, total, c)
-                start = 0
-                for x, (h, w), t in zip(xs, sizes, counts):
-                    th, tw = _tiles(h, w)
-                    input_transform(x, v[:, :, start:start + t].view(4, 4, x.shape[0], th, tw, c))
-                    start += t
+                v = _transform_inputs(xs, levels, lib)
             gu = torch.bmm(gm16.transpose(1, 2), v.view(16, total, c))  # (16, sum K, C)
             k0 = 0
             for wi, k in enumerate(ks):
@@ -240,7 +268,7 @@ def conv3x3(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
     Args:
         xs: inputs (N_l, H_l, W_l, C), contiguous; e.g. the pyramid levels.
         weights: one or more (K_w, C, 3, 3) weights applied to every input (one matrix product for all).
-        biases: (K_w,) each.
+        biases: (K_w,) or None each.
     Returns:
         outputs[l][w]: (N_l, H_l, W_l, K_w) contiguous, = conv2d(x_l, weights[w], biases[w], padding=1)
         in channels-last order.

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
-from retina import gemm_conv, winograd
+from retina import cpu_kernels, gemm_conv, winograd
 from retina.anchors import AnchorGenerator, feature_shapes
 from retina.gemm_conv import SmallMapConv2d, use_small_map_convs
 from retina.boxes import BACKGROUND, IGNORE, decode, match_anchors, pad_targets, pairwise_iou
@@ -34,17 +34,19 @@ def _conv_case(dtype, shapes, ks, channels=16, batch=2, seed=0):
     return ws, bs, xs
 
 
-@pytest.mark.parametrize("ks", [[8], [8, 5]])  # one weight, and two weights sharing the inputs
-def test_winograd_conv3x3_equals_conv2d_with_all_gradients(ks):
+@pytest.mark.parametrize("ks,bias", [([8], True), ([8, 5], True), ([6], False)])  # 2 weights: shared inputs
+def test_winograd_conv3x3_equals_conv2d_with_all_gradients(ks, bias):
     shapes = LEVELS + [(5, 7), (1, 4), (9, 2)]  # odd sizes: padded tiles, cropped outputs
     ws, bs, xs = _conv_case(torch.float64, shapes, ks)
+    if not bias:
+        bs = [None] * len(ks)
     ref = [F.conv2d(x, w, b, padding=1).permute(0, 2, 3, 1) for x in xs for w, b in zip(ws, bs)]
     out = [y for level in winograd.conv3x3([x.permute(0, 2, 3, 1) for x in xs], ws, bs) for y in level]
     for r, o in zip(ref, out):
         torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
     g = torch.Generator().manual_seed(1)
     grads_out = [torch.randn(r.shape, generator=g, dtype=r.dtype) for r in ref]
-    params = xs + ws + bs
+    params = xs + ws + [b for b in bs if b is not None]
     for a, b in zip(torch.autograd.grad(ref, params, grads_out), torch.autograd.grad(out, params, grads_out)):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
 
@@ -83,6 +85,26 @@ def test_winograd_backward_recomputes_the_transform_of_large_inputs(monkeypatch)
     monkeypatch.setattr(winograd, "KEEP_TRANSFORMED_MAX_BYTES", 0)
     for a, b in zip(kept, grads()):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_c_kernels_compute_what_the_pytorch_transforms_compute(monkeypatch):
+    """float32 goes through the C transforms (retina/cpu_kernels.py) when they build; the PyTorch ops
+    are the fallback. Both give the same outputs and gradients, to float32 rounding."""
+    if cpu_kernels.load() is None:
+        pytest.skip("no C compiler: the PyTorch transforms are used (and tested above)")
+    ws, bs, xs = _conv_case(torch.float32, LEVELS + [(5, 7), (1, 4)], [8, 5], channels=24, batch=3)
+
+    def run():
+        out = [y for level in winograd.conv3x3([x.permute(0, 2, 3, 1) for x in xs], ws, bs) for y in level]
+        g = torch.Generator().manual_seed(1)
+        grads_out = [torch.randn(y.shape, generator=g) for y in out]
+        return out, torch.autograd.grad(out, xs + ws + bs, grads_out)
+
+    with_c = run()
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
+    without = run()
+    for a, b in zip(with_c[0] + list(with_c[1]), without[0] + list(without[1])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("head_convs,head_norm", [(2, "group"), (1, "none"), (0, "none")])
