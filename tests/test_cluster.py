@@ -30,7 +30,7 @@ from tests.conftest import TINY_SETTINGS
 from tests.mlflow_server import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ITERATIONS, LOG_EVERY, CHECKPOINT_EVERY = 200, 5, 20
+ITERATIONS, LOG_EVERY, CHECKPOINT_EVERY = 120, 5, 20
 SECRET = "s3cr3t-" + secrets.token_hex(8)
 
 SWEEP = """\

@@ -29,7 +29,7 @@ base: {{loss.kind: focal, loss.gamma: 0.0, loss.alpha: 0.75}}
 rows:
   - {{label: "only", set: {{}}}}
 """
-ITERATIONS, LOG_EVERY = 240, 5
+ITERATIONS, LOG_EVERY = 120, 5
 SETTINGS = TINY_SETTINGS + [f"train.iterations={ITERATIONS}", f"train.log_every={LOG_EVERY}",
                             "train.checkpoint_every=20", "train.batch_size=2"]
 
