@@ -1,15 +1,21 @@
-"""3x3 convolutions (stride 1, padding 1) by Winograd's minimal filtering F(2x2, 3x3), for the subnets on CPU.
+"""3x3 convolutions (stride 1, padding 1) by Winograd's minimal filtering, for the subnets on CPU.
 
 The subnets run the same 3x3 convs over the five pyramid levels. At the cpu profile's sizes (P3..P7
 of a 96 px input are 12x12 .. 1x1) oneDNN's direct convolution is the whole cost of a training step,
-and on AVX2 CPUs oneDNN has no Winograd kernels (only on AVX-512). F(2x2, 3x3) computes each 2x2
-output tile from a 4x4 input tile with 16 multiplies per (input channel, output channel) instead of
-36: the input tiles and the weights are transformed (``V = B^T d B``, ``U = G g G^T``), multiplied
-element-wise in the transformed domain, which over channels is 16 independent matrix products
-(one ``bmm`` of (16, T, C) by (16, C, K)), and transformed back (``Y = A^T M A``). The tiles of all
-levels go through the same ``bmm``, so the small levels cost no extra calls. The transforms of
-F(2x2, 3x3) have coefficients 0, +-1 and +-1/2 only: the result equals the direct convolution up to
-float32 rounding (tests/test_speed_paths.py checks outputs and all gradients against F.conv2d).
+and on AVX2 CPUs oneDNN has no Winograd kernels (only on AVX-512). F(m x m, 3x3) computes each m x m
+output tile from an (m + 2) x (m + 2) input tile with (m + 2)^2 multiplies per (input channel, output
+channel) instead of 9 m^2: the input tiles and the weights are transformed (``V = B^T d B``,
+``U = G g G^T``), multiplied element-wise in the transformed domain, which over channels is (m + 2)^2
+independent matrix products (one ``bmm`` of ((m+2)^2, T, C) by ((m+2)^2, C, K)), and transformed back
+(``Y = A^T M A``). The tiles of all levels go through the same ``bmm``, so the small levels cost no
+extra calls.
+
+Two tile sizes: F(4x4, 3x3) (36 products for 16 outputs: 2.25x fewer multiplies than F(2x2, 3x3)'s
+16 for 4 and 4x fewer than direct) where the C transforms of retina/cpu_kernels.py are built, and
+F(2x2, 3x3) in PyTorch ops otherwise (its transforms have coefficients 0, +-1, +-1/2 only, which
+suits ops that each make a pass over memory). Both equal the direct convolution up to float32
+rounding, F(4x4) with errors a few times those of direct convolution (tests/test_speed_paths.py
+checks outputs and all gradients against F.conv2d).
 
 Tensors are channels-last, (N, H, W, C) contiguous, so that the channel dimension is the inner one
 of the matrix products and a predictor's (N, H, W, A*K) output is already in the (N, H*W*A, K)
@@ -27,31 +33,35 @@ import torch
 
 from . import cpu_kernels
 
-# G (4x3): the weight transform; U = G g G^T for each (output, input) channel pair's 3x3 kernel g.
-_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+# G ((m + 2) x 3): the weight transform; U = G g G^T for each (output, input) channel pair's kernel g.
+_G = {
+    2: ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0)),
+    4: ((1 / 4, 0.0, 0.0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+        (1 / 24, -1 / 12, 1 / 6), (0.0, 0.0, 1.0)),
+}
 
 
-def _kron_g(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(16, 9): row i*4+j, column a*3+b holds G[i, a] * G[j, b]."""
-    g = torch.tensor(_G, dtype=dtype, device=device)
-    return torch.kron(g, g)
+def _kron_g(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """((m+2)^2, 9): row i*(m+2)+j, column a*3+b holds G[i, a] * G[j, b]."""
+    g = torch.tensor(_G[m], dtype=torch.float64)
+    return torch.kron(g, g).to(dtype=dtype, device=device)
 
 
-def weight_transform(weight: torch.Tensor) -> torch.Tensor:
-    """(K, C, 3, 3) -> U (16, K, C) (one small matrix product, no copy of the weight)."""
+def weight_transform(weight: torch.Tensor, m: int = 2) -> torch.Tensor:
+    """(K, C, 3, 3) -> U ((m+2)^2, K, C) (one small matrix product, no copy of the weight)."""
     k, c = weight.shape[:2]
-    return (_kron_g(weight.dtype, weight.device) @ weight.reshape(k * c, 9).t()).view(16, k, c)
+    return (_kron_g(m, weight.dtype, weight.device) @ weight.reshape(k * c, 9).t()).view(-1, k, c)
 
 
-def weight_transform_t(grad_u: torch.Tensor) -> torch.Tensor:
-    """Transpose of :func:`weight_transform`: (16, K, C) -> (K, C, 3, 3)."""
-    _, k, c = grad_u.shape
-    g9 = _kron_g(grad_u.dtype, grad_u.device).t() @ grad_u.reshape(16, k * c)  # (9, K*C)
+def weight_transform_t(grad_u: torch.Tensor, m: int = 2) -> torch.Tensor:
+    """Transpose of :func:`weight_transform`: ((m+2)^2, K, C) -> (K, C, 3, 3)."""
+    a2, k, c = grad_u.shape
+    g9 = _kron_g(m, grad_u.dtype, grad_u.device).t() @ grad_u.reshape(a2, k * c)  # (9, K*C)
     return g9.t().contiguous().view(k, c, 3, 3)
 
 
-def _tiles(h: int, w: int) -> Tuple[int, int]:
-    return (h + 1) // 2, (w + 1) // 2
+def _tiles(h: int, w: int, m: int = 2) -> Tuple[int, int]:
+    return -(-h // m), -(-w // m)
 
 
 def _pair_forward(src: torch.Tensor, dim: int, out: torch.Tensor, out_dim: int) -> None:
@@ -151,28 +161,28 @@ def output_transform_t(grad_y: torch.Tensor, out: torch.Tensor) -> None:
 KEEP_TRANSFORMED_MAX_BYTES = 64 * 2 ** 20
 
 
-def _levels(xs: Sequence[torch.Tensor]) -> List[Tuple[int, int, int, int, int]]:
+def _levels(xs: Sequence[torch.Tensor], m: int) -> List[Tuple[int, int, int, int, int]]:
     """Per input: (N, H, W, first tile row, tiles)."""
     out, start = [], 0
     for x in xs:
         n, h, w = x.shape[:3]
-        th, tw = _tiles(h, w)
+        th, tw = _tiles(h, w, m)
         out.append((n, h, w, start, n * th * tw))
         start += n * th * tw
     return out
 
 
-def _transform_inputs(xs: Sequence[torch.Tensor], levels, lib) -> torch.Tensor:
-    """V (4, 4, T, C) of all inputs' tiles."""
+def _transform_inputs(xs: Sequence[torch.Tensor], levels, m: int, lib) -> torch.Tensor:
+    """V ((m+2)^2, T, C) of all inputs' tiles: F(4x4) by the C kernels, F(2x2) by PyTorch ops."""
     c = xs[0].shape[3]
-    v = xs[0].new_empty(4, 4, levels[-1][3] + levels[-1][4], c)
-    total = v.shape[2]
+    total = levels[-1][3] + levels[-1][4]
+    v = xs[0].new_empty((m + 2) ** 2, total, c)
     for x, (n, h, w, t0, t) in zip(xs, levels):
         if lib is not None:
             lib.wg_input(x.data_ptr(), v.data_ptr(), n, h, w, c, total, t0)
         else:
             th, tw = _tiles(h, w)
-            input_transform(x, v[:, :, t0:t0 + t].view(4, 4, n, th, tw, c))
+            input_transform(x, v.view(4, 4, total, c)[:, :, t0:t0 + t].view(4, 4, n, th, tw, c))
     return v
 
 
@@ -183,51 +193,53 @@ class _WinogradConv3x3(torch.autograd.Function):
     def forward(ctx, num_weights: int, *args):
         weights, biases, xs = args[:num_weights], args[num_weights:2 * num_weights], args[2 * num_weights:]
         lib = cpu_kernels.load() if cpu_kernels.usable(*xs, *weights, *biases) else None
-        levels = _levels(xs)
+        m = 4 if lib is not None else 2
+        a = m + 2
+        levels = _levels(xs, m)
         c = xs[0].shape[3]
-        v = _transform_inputs(xs, levels, lib)
-        total = v.shape[2]
-        u = torch.cat([weight_transform(wt) for wt in weights], dim=1)  # (16, sum K, C)
+        v = _transform_inputs(xs, levels, m, lib)
+        total = v.shape[1]
+        u = torch.cat([weight_transform(wt, m) for wt in weights], dim=1)  # (a^2, sum K, C)
         ksum = u.shape[1]
-        m = torch.bmm(v.view(16, total, c), u.transpose(1, 2)).view(4, 4, total, ksum)
+        prod = torch.bmm(v, u.transpose(1, 2))  # (a^2, T, sum K)
         outs = []
         ks = [wt.shape[0] for wt in weights]
         for n, h, w, t0, t in levels:
             k0 = 0
             for k, b in zip(ks, biases):
                 if lib is not None:
-                    y = m.new_empty(n, h, w, k)
-                    lib.wg_output(m.data_ptr(), y.data_ptr(), None if b is None else b.data_ptr(), n, h, w, k,
+                    y = prod.new_empty(n, h, w, k)
+                    lib.wg_output(prod.data_ptr(), y.data_ptr(), None if b is None else b.data_ptr(), n, h, w, k,
                                   ksum, total, t0, k0)
                 else:
                     th, tw = _tiles(h, w)
-                    y = output_transform(m[:, :, t0:t0 + t, k0:k0 + k].reshape(4, 4, n, th, tw, k), h, w, b)
+                    mk = prod.view(a, a, total, ksum)[:, :, t0:t0 + t, k0:k0 + k].reshape(a, a, n, th, tw, k)
+                    y = output_transform(mk, h, w, b)
                 outs.append(y)
                 k0 += k
         ctx.keep_v = v.numel() * v.element_size() <= KEEP_TRANSFORMED_MAX_BYTES
         ctx.save_for_backward(u, v if ctx.keep_v else None, *xs)
-        ctx.ks, ctx.levels, ctx.use_lib = ks, levels, lib is not None
+        ctx.ks, ctx.levels, ctx.m, ctx.use_lib = ks, levels, m, lib is not None
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, *grads):
         u, v, *xs = ctx.saved_tensors
-        ks, levels = ctx.ks, ctx.levels
-        lib = cpu_kernels.load() if ctx.use_lib else None
+        ks, levels, m = ctx.ks, ctx.levels, ctx.m
+        a = m + 2
+        lib = cpu_kernels.load() if ctx.use_lib else None  # F(4x4) is C only: the same as in forward
         grads = [g if g is None or g.is_contiguous() else g.contiguous() for g in grads]
-        if lib is not None and not cpu_kernels.usable(*[g for g in grads if g is not None]):
-            lib = None
         nw = len(ks)
         ksum, c = u.shape[1], u.shape[2]
         total = levels[-1][3] + levels[-1][4]
-        gm = u.new_empty(4, 4, total, ksum)
+        gm = u.new_empty(a * a, total, ksum)
         gbias = [None] * nw
         for li, (n, h, w, t0, t) in enumerate(levels):
             k0 = 0
             for wi, k in enumerate(ks):
                 gy = grads[li * nw + wi]
                 if gy is None:
-                    gm[:, :, t0:t0 + t, k0:k0 + k].zero_()
+                    gm[:, t0:t0 + t, k0:k0 + k].zero_()
                 else:
                     if ctx.needs_input_grad[1 + nw + wi]:
                         gb = gy.sum(dim=(0, 1, 2))
@@ -236,34 +248,36 @@ class _WinogradConv3x3(torch.autograd.Function):
                         lib.wg_output_t(gy.data_ptr(), gm.data_ptr(), n, h, w, k, ksum, total, t0, k0)
                     else:
                         th, tw = _tiles(h, w)
-                        output_transform_t(gy, gm[:, :, t0:t0 + t, k0:k0 + k].view(4, 4, n, th, tw, k))
+                        target = gm.view(a, a, total, ksum)[:, :, t0:t0 + t, k0:k0 + k]
+                        output_transform_t(gy, target.view(a, a, n, th, tw, k))
                 k0 += k
-        gm16 = gm.view(16, total, ksum)
         grad_x = [None] * len(xs)
         if any(ctx.needs_input_grad[1 + 2 * nw:]):
-            gv = torch.bmm(gm16, u).view(4, 4, total, c)
+            gv = torch.bmm(gm, u)  # (a^2, T, C)
             for li, (n, h, w, t0, t) in enumerate(levels):
                 if lib is not None:
                     grad_x[li] = gv.new_zeros(n, h, w, c)
                     lib.wg_input_t(gv.data_ptr(), grad_x[li].data_ptr(), n, h, w, c, total, t0)
                 else:
                     th, tw = _tiles(h, w)
-                    grad_x[li] = input_transform_t(gv[:, :, t0:t0 + t].view(4, 4, n, th, tw, c), h, w)
+                    grad_x[li] = input_transform_t(gv.view(a, a, total, c)[:, :, t0:t0 + t].view(a, a, n, th, tw, c),
+                                                   h, w)
         grad_w = [None] * nw
         if any(ctx.needs_input_grad[1:1 + nw]):
             if v is None:
-                v = _transform_inputs(xs, levels, lib)
-            gu = torch.bmm(gm16.transpose(1, 2), v.view(16, total, c))  # (16, sum K, C)
+                v = _transform_inputs(xs, levels, m, lib)
+            gu = torch.bmm(gm.transpose(1, 2), v)  # (a^2, sum K, C)
             k0 = 0
             for wi, k in enumerate(ks):
-                grad_w[wi] = weight_transform_t(gu[:, k0:k0 + k])
+                grad_w[wi] = weight_transform_t(gu[:, k0:k0 + k], m)
                 k0 += k
         return (None, *grad_w, *gbias, *grad_x)
 
 
 def conv3x3(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
             biases: Sequence[torch.Tensor]) -> List[List[torch.Tensor]]:
-    """3x3 convs, stride 1, padding 1, of channels-last inputs by Winograd F(2x2, 3x3).
+    """3x3 convs, stride 1, padding 1, of channels-last inputs by Winograd F(4x4, 3x3) (C transforms)
+    or F(2x2, 3x3) (PyTorch transforms: float64, or no C compiler).
 
     Args:
         xs: inputs (N_l, H_l, W_l, C), contiguous; e.g. the pyramid levels.
