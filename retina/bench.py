@@ -5,7 +5,7 @@
 
 In one process: (1) our training step exactly as ``retina.train.fit`` runs it (forward, pad_targets,
 match_anchors, RetinaLoss, backward, [grad clip], SGD step; bf16 autocast and channels_last on CUDA
-and Winograd subnets on CPU when the profile says so) on batches from the profile's loader; (2)
+and model.fast_cpu_convs on CPU when the profile says so) on batches from the profile's loader; (2)
 torchvision's ``RetinaNet`` (ResNet-FPN via ``_resnet_fpn_extractor``, weights=None) on the same
 batches (same sampler, so the same images, flips and order), converted to its input format, once in
 the contiguous (NCHW) and once in the channels_last memory format: the ratio is against the faster
@@ -361,6 +361,14 @@ def split(total: int, parts: int) -> List[int]:
 # the benchmark
 
 
+def winograd_kind() -> str:
+    from . import cpu_kernels
+
+    if cpu_kernels.load() is not None:
+        return "F(4x4, 3x3) with C transforms (36 instead of 144 multiplies per 4x4 output tile)"
+    return "F(2x2, 3x3) in PyTorch ops (16 instead of 36 multiplies per 2x2 output tile; no C compiler)"
+
+
 def not_equal(cfg: DictConfig, device: torch.device) -> List[str]:
     """What differs between the two models' training steps however they are configured."""
     loss = cfg.loss
@@ -383,11 +391,11 @@ def not_equal(cfg: DictConfig, device: torch.device) -> List[str]:
     if device.type == "cpu" and cfg.model.fast_cpu_convs:
         notes.append(
             "convolution algorithms (model.fast_cpu_convs): ours computes the subnets' 3x3 convs and the FPN's "
-            "P3 output conv by Winograd F(2x2, 3x3) (16 instead of 36 multiplies per output tile) and the "
-            "weight gradients of 3x3 convs on maps of <= 16 positions as one im2col matrix product, the same "
-            "results up to float rounding; torchvision's run oneDNN's direct convolution throughout (oneDNN "
-            "has Winograd on AVX-512 CPUs only). flops_per_train_step counts what each executes; "
-            "ours_direct_flops_per_train_step is ours with direct convolutions")
+            f"P3 output conv by Winograd {winograd_kind()} and the weight gradients of 3x3 convs on maps of "
+            "<= 16 positions as one im2col matrix product, the same results up to float rounding; "
+            "torchvision's run oneDNN's direct convolution throughout (oneDNN has Winograd on AVX-512 CPUs "
+            "only). flops_per_train_step counts what each executes; ours_direct_flops_per_train_step is ours "
+            "with direct convolutions")
     if loss.kind != "focal" or loss.alpha != 0.25 or loss.gamma != 2.0 or loss.normalizer_momentum:
         notes.append(f"loss: torchvision is fixed at focal alpha 0.25 gamma 2, no normalizer EMA; ours is "
                      f"{loss.kind} alpha {loss.alpha} gamma {loss.gamma} momentum {loss.normalizer_momentum}")

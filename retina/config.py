@@ -47,9 +47,10 @@ class ModelConfig:
     prior_prob: float = 0.01  # pi
     channels_last: bool = False  # memory format on CUDA
     # CPU only, where oneDNN's direct convolution is slow on AVX2 (ignored on CUDA): the subnets' 3x3
-    # convs and the FPN's P3 output conv by Winograd F(2x2, 3x3) (retina/winograd.py), and the weight
-    # gradients of 3x3 convs on maps of <= 16 positions as one matrix product (retina/gemm_conv.py).
-    # The same results up to float rounding; a cpu-profile training step in ~70% of the time.
+    # convs and the FPN's P3 output conv by Winograd F(4x4, 3x3) (retina/winograd.py, C transforms built
+    # on first use; F(2x2, 3x3) without a C compiler), and the weight gradients of 3x3 convs on maps of
+    # <= 16 positions as one matrix product (retina/fast_conv.py). The same results up to float
+    # rounding; a cpu-profile training step in ~60% of the time.
     fast_cpu_convs: bool = False
 
 

@@ -17,10 +17,10 @@ import torchvision
 from torch import nn
 from torchvision.ops import batched_nms
 
-from . import winograd
+from . import cpu_kernels, winograd
 from .anchors import AnchorGenerator
 from .boxes import decode
-from .gemm_conv import use_small_map_convs
+from .fast_conv import use_fast_convs
 
 RESNET_C_CHANNELS = {18: (128, 256, 512), 34: (128, 256, 512), 50: (512, 1024, 2048), 101: (512, 1024, 2048)}
 
@@ -56,8 +56,8 @@ class FPN(nn.Module):
             if isinstance(m, nn.Conv2d):  # as torchvision's and Detectron's FPN
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 nn.init.zeros_(m.bias)
-        # P3's output conv by Winograd F(2x2, 3x3) on CPU (set by RetinaNet's ``fast_cpu_convs``): at
-        # the cpu profile's sizes the largest 3x3 conv of the FPN, and the only one where Winograd pays.
+        # P3's output conv by Winograd on CPU (retina/winograd.py; set by RetinaNet's ``fast_cpu_convs``):
+        # at the cpu profile's sizes the largest 3x3 conv of the FPN, and the only one where Winograd pays.
         self.winograd_p3 = False
 
     def forward(self, c: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -135,29 +135,32 @@ def _norm_relu(y: torch.Tensor, norm: nn.GroupNorm | None) -> torch.Tensor:
 def heads_winograd(cls_subnet: Subnet, box_subnet: Subnet,
                    features: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Both subnets over all levels, as ``cls_subnet(features), box_subnet(features)`` compute them, with
-    the towers' 3x3 convs by Winograd F(2x2, 3x3) (retina/winograd.py): one matrix product per conv for
-    all levels, and the two subnets' first convs (same input) as one. Channels-last throughout; the
-    predictors (few output channels, where Winograd's transforms cost more than they save) stay direct."""
+    the 3x3 convs by Winograd (retina/winograd.py): one matrix product per conv for all levels, and the
+    two subnets' first convs (same input) as one. Channels-last throughout. The predictors (few output
+    channels) too where the C transforms are built; with the PyTorch transforms they would cost more
+    than they save, and the predictors stay direct."""
     xs = [f.permute(0, 2, 3, 1) for f in features]  # (N, H, W, C): free if features are channels_last
     subnets = (cls_subnet, box_subnet)
-    layers = [s.layers() for s in subnets]
+    stages = [s.layers() + [(s.predictor, None)] for s in subnets]
+    c_kernels = cpu_kernels.usable(*[x.contiguous() for x in xs[:1]])
     states = [xs, xs]
-    for i in range(len(layers[0])):
-        convs = [layer[i][0] for layer in layers]
-        if i == 0:  # the same input: one product for both subnets
-            outs = winograd.conv3x3(xs, [c.weight for c in convs], [c.bias for c in convs])
+    for i in range(len(stages[0])):
+        convs = [stage[i][0] for stage in stages]
+        last = i == len(stages[0]) - 1
+        if last and not c_kernels:  # direct, on the channels-last view
+            ys = [[c.predictor(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) for x in state]
+                  for c, state in zip(subnets, states)]
+        elif states[0] is states[1]:  # the same input: one product for both subnets
+            outs = winograd.conv3x3(states[0], [c.weight for c in convs], [c.bias for c in convs])
             ys = [[o[j] for o in outs] for j in range(2)]
         else:
             ys = [[o[0] for o in winograd.conv3x3(states[j], [convs[j].weight], [convs[j].bias])]
                   for j in range(2)]
-        states = [[_norm_relu(y, layers[j][i][1]) for y in ys[j]] for j in range(2)]
+        states = ys if last else [[_norm_relu(y, stages[j][i][1]) for y in ys[j]] for j in range(2)]
     n = features[0].shape[0]
-    out = []
-    for s, state in zip(subnets, states):
-        # predictor on the channels-last view; (N, H, W, A*K) is already (N, H*W*A, K) in memory
-        ys = [s.predictor(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) for x in state]
-        out.append(torch.cat([y.reshape(n, -1, s.out_per_anchor) for y in ys], dim=1))
-    return out[0], out[1]
+    # (N, H, W, A*K) is already (N, H*W*A, K) in memory
+    return tuple(torch.cat([y.reshape(n, -1, s.out_per_anchor) for y in ys], dim=1)
+                 for ys, s in zip(states, subnets))
 
 
 class RetinaNet(nn.Module):
@@ -177,17 +180,19 @@ class RetinaNet(nn.Module):
 
     @property
     def fast_cpu_convs(self) -> bool:
-        """``model.fast_cpu_convs``: on CPU, the subnets' 3x3 convs and the FPN's P3 output conv by
-        Winograd F(2x2, 3x3) (retina/winograd.py), and the weight gradients of the 3x3 convs on maps of
-        at most 16 positions (C5 stage, P5..P7 at the cpu profile's 96 px) as one matrix product
-        (retina/gemm_conv.py). The same results up to float rounding; nothing changes on CUDA."""
+        """``model.fast_cpu_convs``: on CPU, the subnets' 3x3 convs (predictors included where the C
+        transforms are built) and the FPN's P3 output conv by Winograd (retina/winograd.py: F(4x4, 3x3)
+        with C transforms, F(2x2, 3x3) in PyTorch ops otherwise), and the weight gradients of the 3x3
+        convs on maps of at most 16 positions (C5 stage, P5..P7 at the cpu profile's 96 px) as one
+        matrix product (retina/fast_conv.py). The same results up to float rounding; nothing changes
+        on CUDA."""
         return self.fpn.winograd_p3
 
     @fast_cpu_convs.setter
     def fast_cpu_convs(self, on: bool) -> None:
         self.fpn.winograd_p3 = bool(on)
-        use_small_map_convs(self.backbone, bool(on))
-        use_small_map_convs(self.fpn, bool(on))
+        use_fast_convs(self.backbone, bool(on))
+        use_fast_convs(self.fpn, bool(on))
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
         """images (N, 3, H, W) normalized -> cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4),

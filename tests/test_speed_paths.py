@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
-from retina import cpu_kernels, gemm_conv, winograd
+from retina import cpu_kernels, fast_conv, winograd
 from retina.anchors import AnchorGenerator, feature_shapes
-from retina.gemm_conv import SmallMapConv2d, use_small_map_convs
+from retina.fast_conv import FastConv2d, use_fast_convs
 from retina.boxes import BACKGROUND, IGNORE, decode, match_anchors, pad_targets, pairwise_iou
 from retina.model import RetinaNet
 
@@ -117,34 +117,43 @@ def test_c_kernels_compute_what_the_pytorch_transforms_compute(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
+@pytest.mark.parametrize("path", ["float32-c", "float32-pytorch", "float64"])
 @pytest.mark.parametrize("head_convs,head_norm", [(2, "group"), (1, "none"), (0, "none")])
-def test_model_with_fast_cpu_convs_equals_the_straightforward_modules(head_convs, head_norm):
+def test_model_with_fast_cpu_convs_equals_the_straightforward_modules(monkeypatch, head_convs, head_norm, path):
     """Same weights, same input: cls_logits, box_deltas and every parameter's gradient of a loss agree
-    with the straightforward path (per level, nn.Conv2d, NCHW) to float32 rounding. The 96x128
-    input puts C5 and P5..P7 on maps of <= 12 positions: their convs take the small-map path."""
+    with the straightforward path (per level, nn.Conv2d, NCHW) to rounding: float32 with the C
+    transforms (F(4x4, 3x3)) or the PyTorch ones (F(2x2, 3x3)), and float64. The 96x128 input puts
+    C5 and P5..P7 on maps of <= 12 positions: their convs take the small-map weight gradient."""
+    if path == "float32-c" and cpu_kernels.load() is None:
+        pytest.skip("no C compiler")
+    if path == "float32-pytorch":
+        monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
+    dtype = torch.float64 if path == "float64" else torch.float32
     torch.manual_seed(0)
-    model = RetinaNet(4, depth=18, fpn_channels=64, head_convs=head_convs, head_norm=head_norm)
-    images = torch.randn(2, 3, 96, 128)
+    model = RetinaNet(4, depth=18, fpn_channels=64, head_convs=head_convs, head_norm=head_norm).to(dtype)
+    images = torch.randn(2, 3, 96, 128, dtype=dtype)
 
     def run(on: bool):
         model.fast_cpu_convs = on
         model.zero_grad(set_to_none=True)
         out = model(images)
         g = torch.Generator().manual_seed(1)
-        loss = (out["cls_logits"] * torch.randn(out["cls_logits"].shape, generator=g)).sum() \
-            + (out["box_deltas"] * torch.randn(out["box_deltas"].shape, generator=g)).sum()
+        loss = (out["cls_logits"] * torch.randn(out["cls_logits"].shape, generator=g, dtype=dtype)).sum() \
+            + (out["box_deltas"] * torch.randn(out["box_deltas"].shape, generator=g, dtype=dtype)).sum()
         loss.backward()
         return out, {n: p.grad.clone() for n, p in model.named_parameters()}
 
     ref_out, ref_grads = run(False)
     out, grads = run(True)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
     for key in ("cls_logits", "box_deltas"):
         assert out[key].shape == ref_out[key].shape
-        torch.testing.assert_close(out[key], ref_out[key], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out[key], ref_out[key], rtol=tol, atol=tol * ref_out[key].abs().max().item())
     assert grads.keys() == ref_grads.keys()
     for name, ref in ref_grads.items():
-        scale = ref.abs().max().item()
-        torch.testing.assert_close(grads[name], ref, rtol=1e-3, atol=1e-4 * max(scale, 1e-3), msg=name)
+        scale = max(ref.abs().max().item(), 1e-3)
+        torch.testing.assert_close(grads[name], ref, rtol=10 * tol, atol=tol * scale, msg=name)
+        assert (grads[name] - ref).norm() <= tol * ref.norm(), name
 
 
 def test_fast_cpu_convs_act_on_cpu_tensors_only(monkeypatch):
@@ -152,18 +161,18 @@ def test_fast_cpu_convs_act_on_cpu_tensors_only(monkeypatch):
     model on the meta device stands in for one on a GPU here."""
     model = RetinaNet(2, depth=18, fpn_channels=32, head_convs=1, fast_cpu_convs=True)
     assert model.fast_cpu_convs and model.fpn.winograd_p3
-    assert isinstance(model.backbone.layer4[0].conv1, SmallMapConv2d)
+    assert isinstance(model.backbone.layer4[0].conv1, FastConv2d)
 
     def fail(*args, **kwargs):
         raise AssertionError("Winograd path taken off the CPU")
 
     monkeypatch.setattr(winograd, "conv3x3", fail)
-    monkeypatch.setattr(gemm_conv._Conv2dGemmWeightGrad, "apply", fail)
+    monkeypatch.setattr(fast_conv._Conv2dGemmWeightGrad, "apply", fail)
     out = model.to("meta")(torch.zeros(1, 3, 64, 64, device="meta"))
     assert out["cls_logits"].shape == (1, 9 * sum(h * w for h, w in feature_shapes(64, 64)), 2)
     model.fast_cpu_convs = False
     assert not model.fpn.winograd_p3
-    assert not any(isinstance(m, SmallMapConv2d) for m in model.modules())
+    assert not any(isinstance(m, FastConv2d) for m in model.modules())
 
 
 @pytest.mark.parametrize("shape,stride,bias", [((2, 12, 3, 3), 1, True), ((2, 6, 6, 6), 2, False),
@@ -173,8 +182,8 @@ def test_small_map_conv_gradients_equal_nn_conv2d(shape, stride, bias):
     ref = torch.nn.Conv2d(shape[1], 7, 3, stride=stride, padding=1, bias=bias).double()
     fast = torch.nn.Conv2d(shape[1], 7, 3, stride=stride, padding=1, bias=bias).double()
     fast.load_state_dict(ref.state_dict())
-    use_small_map_convs(fast, True)
-    assert type(fast) is SmallMapConv2d and fast.state_dict().keys() == ref.state_dict().keys()
+    use_fast_convs(fast, True)
+    assert type(fast) is FastConv2d and fast.state_dict().keys() == ref.state_dict().keys()
     x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
     outs, grads = [], []
     for m in (ref, fast):
@@ -186,7 +195,7 @@ def test_small_map_conv_gradients_equal_nn_conv2d(shape, stride, bias):
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(fast, (x,))
-    use_small_map_convs(fast, False)
+    use_fast_convs(fast, False)
     assert type(fast) is torch.nn.Conv2d
 
 

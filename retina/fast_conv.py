@@ -1,11 +1,17 @@
-"""Convolutions on small feature maps whose weight gradient is one matrix product, for CPU training.
+"""nn.Conv2d whose weight gradient on small maps is one matrix product, for CPU training.
 
 oneDNN's backward-weights kernel parallelizes and blocks over the output positions; where a map has
-only a handful of them (the cpu profile's C5 stage: 512 channels on 3x3 maps, P5..P7) it reaches
+only a handful of them (the cpu profile's C5 stage: 512 channels on 3x3 maps, and P5..P7) it reaches
 ~15-40 GFLOP/s on an AVX2 core, against ~60-80 for the forward pass. Unfolding the input (im2col:
 (N * positions) x (C * kh * kw), small exactly when the map is) and multiplying it by the output
 gradient computes the same weight gradient in one GEMM, 2-4x faster there. The input gradient and the
 forward pass stay oneDNN's. tests/test_speed_paths.py checks the gradients against nn.Conv2d.
+
+Not done here, measured: Winograd F(4x4, 3x3) (retina/winograd.py) for the backbone's 3x3 convs on
+the larger maps (C2, C3 at 96 px) would save another ~40 ms of a ~700 ms step, but its rounding
+(~1e-5 of the outputs) flips enough ReLUs in front of the batch-norm layers to move some BatchNorm
+parameters' gradients by ~2% (a change of memory format moves them by ~0.04%); in the subnets
+(GroupNorm) the gradients stay within ~3e-5 of the direct convolution's.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ class _Conv2dGemmWeightGrad(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-class SmallMapConv2d(nn.Conv2d):
+class FastConv2d(nn.Conv2d):
     """An nn.Conv2d (the same parameters, state_dict and forward pass) whose weight gradient, on CPU and
     for outputs of at most SMALL_MAP_POSITIONS positions, is computed as unfold + one matrix product."""
 
@@ -59,12 +65,12 @@ class SmallMapConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def use_small_map_convs(module: nn.Module, on: bool) -> None:
+def use_fast_convs(module: nn.Module, on: bool) -> None:
     """Turn the 3x3 nn.Conv2d modules in ``module`` (groups 1, no dilation, zero padding) into
-    SmallMapConv2d (``on``) or back; parameters and state_dict keys are untouched."""
+    FastConv2d (``on``) or back; parameters and state_dict keys are untouched."""
     for m in module.modules():
         if on and type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.groups == 1 \
                 and m.dilation == (1, 1) and m.padding_mode == "zeros" and isinstance(m.padding, tuple):
-            m.__class__ = SmallMapConv2d
-        elif not on and type(m) is SmallMapConv2d:
+            m.__class__ = FastConv2d
+        elif not on and type(m) is FastConv2d:
             m.__class__ = nn.Conv2d
