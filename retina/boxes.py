@@ -60,21 +60,22 @@ def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 
 def pad_targets(boxes: List[torch.Tensor], labels: List[torch.Tensor], iscrowd: List[torch.Tensor],
                 device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image ground truth -> padded (N, G, 4) boxes, (N, G) labels, (N, G) crowd and (N, G) valid."""
+    """Per-image ground truth -> padded (N, G, 4) boxes, (N, G) labels, (N, G) crowd and (N, G) valid.
+
+    Assembled on the host with one scatter per tensor, then moved to ``device`` in one copy each
+    (not one per image)."""
     n = len(boxes)
-    g = max([len(b) for b in boxes] + [1])
-    out_boxes = torch.zeros(n, g, 4, device=device)
-    out_labels = torch.zeros(n, g, dtype=torch.long, device=device)
-    out_crowd = torch.zeros(n, g, dtype=torch.bool, device=device)
-    valid = torch.zeros(n, g, dtype=torch.bool, device=device)
-    for i, (b, l, c) in enumerate(zip(boxes, labels, iscrowd)):
-        k = len(b)
-        if k:
-            out_boxes[i, :k] = b.to(device)
-            out_labels[i, :k] = l.to(device)
-            out_crowd[i, :k] = c.to(device)
-            valid[i, :k] = True
-    return out_boxes, out_labels, out_crowd, valid
+    lengths = torch.tensor([len(b) for b in boxes], dtype=torch.long)
+    g = max(int(lengths.max()) if n else 0, 1)
+    valid = torch.arange(g)[None, :] < lengths[:, None]  # (N, G), image-major like the concatenation
+    out_boxes = torch.zeros(n, g, 4)
+    out_labels = torch.zeros(n, g, dtype=torch.long)
+    out_crowd = torch.zeros(n, g, dtype=torch.bool)
+    if int(lengths.sum()):
+        out_boxes[valid] = torch.cat([b.detach().cpu().float().reshape(-1, 4) for b in boxes])
+        out_labels[valid] = torch.cat([l.cpu().long().reshape(-1) for l in labels])
+        out_crowd[valid] = torch.cat([c.cpu().bool().reshape(-1) for c in iscrowd])
+    return tuple(t.to(device, non_blocking=True) for t in (out_boxes, out_labels, out_crowd, valid))
 
 
 # Anchor assignment computes IoU in chunks of anchors with at most this many (image, box, anchor)

@@ -288,6 +288,22 @@ def test_matching_a_crowded_600x1000_batch_stays_within_its_chunk_budget(monkeyp
     assert max(1, boxes_mod.MATCH_CHUNK_ELEMENTS // (16 * 100)) * 16 * 100 <= boxes_mod.MATCH_CHUNK_ELEMENTS
 
 
+def test_pad_targets_equals_the_per_image_loop():
+    g = torch.Generator().manual_seed(0)
+    counts = [3, 0, 7, 1, 0]
+    boxes = [torch.rand(k, 4, generator=g) * 50 for k in counts]
+    labels = [torch.randint(0, 5, (k,), generator=g) for k in counts]
+    crowd = [torch.rand(k, generator=g) < 0.3 for k in counts]
+    got = pad_targets(boxes, labels, crowd, torch.device("cpu"))
+    n, gmax = len(counts), max(counts)
+    ref = (torch.zeros(n, gmax, 4), torch.zeros(n, gmax, dtype=torch.long), torch.zeros(n, gmax, dtype=torch.bool),
+           torch.zeros(n, gmax, dtype=torch.bool))
+    for i, k in enumerate(counts):
+        ref[0][i, :k], ref[1][i, :k], ref[2][i, :k], ref[3][i, :k] = boxes[i], labels[i], crowd[i], True
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
 # ----------------------------------------------------------------------------------------------
 # post-processing
 
