@@ -1,0 +1,34 @@
+"""The benchmark script runs end to end on tiny settings and reports what it promises."""
+import json
+
+import pytest
+
+from retina import bench
+
+TINY = ["data.synthetic.num_train=16", "data.synthetic.num_val=8", "data.synthetic.image_size=64",
+        "data.synthetic.max_object_size=48", "data.min_size=64", "data.max_size=64", "anchors.base_size=8",
+        "train.batch_size=2", "eval.batch_size=4", "model.head_convs=1"]
+
+
+@pytest.mark.slow
+def test_bench_runs_ours_and_both_torchvision_formats(tmp_path, capsys):
+    cache = f"data.synthetic.cache_dir={tmp_path / 'synthetic'}"
+    assert bench.main(["--iterations", "2", "--warmup", "1", "--rounds", "2", *TINY, cache]) == 0
+    out = json.loads(capsys.readouterr().out)
+    tv = out["torchvision_configurations"]
+    assert set(tv) == {"torchvision", "torchvision_channels_last"}
+    best = out["torchvision_best_configuration"]
+    assert out["train_images_per_s"]["torchvision"] == tv[best]["train_images_per_s"]
+    assert out["train_images_per_s"]["torchvision"] == max(c["train_images_per_s"] for c in tv.values())
+    assert out["train_speed_ratio_ours_over_torchvision"] == pytest.approx(
+        out["train_images_per_s"]["ours"] / out["train_images_per_s"]["torchvision"])
+    assert out["settings"]["rounds"] == 2 and out["settings"]["ours_fast_cpu_convs"] is True
+    # FLOPs as executed: Winograd does fewer; the direct-convolution count equals torchvision's model
+    assert out["flops_per_train_step"]["ours"] < out["ours_direct_flops_per_train_step"]
+    assert any("fast_cpu_convs" in note for note in out["not_equal"])
+    assert 0 <= out["data_wait_share"]["ours"] < 1 and out["inference_ms_per_image"]["ours"] > 0
+
+
+def test_bench_refuses_a_fpn_width_torchvision_cannot_have(capsys):
+    assert bench.main(["model.fpn_channels=128"]) == 2
+    assert "fpn_channels" in capsys.readouterr().err
