@@ -142,7 +142,7 @@ def heads_winograd(cls_subnet: Subnet, box_subnet: Subnet,
     xs = [f.permute(0, 2, 3, 1) for f in features]  # (N, H, W, C): free if features are channels_last
     subnets = (cls_subnet, box_subnet)
     stages = [s.layers() + [(s.predictor, None)] for s in subnets]
-    c_kernels = cpu_kernels.usable(*[x.contiguous() for x in xs[:1]])
+    c_kernels = xs[0].dtype == torch.float32 and cpu_kernels.load() is not None
     states = [xs, xs]
     for i in range(len(stages[0])):
         convs = [stage[i][0] for stage in stages]

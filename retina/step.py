@@ -20,7 +20,9 @@ def uses_amp(cfg: DictConfig, device: torch.device) -> bool:
 
 
 def uses_channels_last(cfg: DictConfig, device: torch.device) -> bool:
-    """channels_last memory format: on CUDA only (``model.channels_last``)."""
+    """channels_last memory format: on CUDA only (``model.channels_last``). On CPUs without AVX-512
+    oneDNN's channels_last backward passes are slower on small maps (measured: the cpu profile's
+    backbone and torchvision's whole model); the CPU speed-ups are ``model.fast_cpu_convs``."""
     return bool(cfg.model.channels_last) and device.type == "cuda"
 
 
