@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY_SETTINGS
 from tests.mlflow_server import free_port
+from tests.ray_probe import try_to_connect
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ITERATIONS, LOG_EVERY, CHECKPOINT_EVERY = 120, 5, 20
@@ -204,10 +205,6 @@ def test_a_driver_without_the_cluster_token_is_refused(cluster_sweep, tmp_path):
     wrong = tmp_path / "wrong_token"
     wrong.write_text(secrets.token_hex(32))
     env = dict(cluster_sweep["env"], RAY_AUTH_TOKEN_PATH=str(wrong), PYTHONPATH=str(PROJECT_ROOT))
-    probe = ("import ray, sys\n"
-             f"try:\n    ray.init(address={cluster_sweep['address']!r}, logging_level='ERROR')\n"
-             "except Exception as e:\n    print('refused:', type(e).__name__); sys.exit(3)\n"
-             "print('connected')\n")
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
+    out = try_to_connect(cluster_sweep["address"], env)
     assert out.returncode == 3 and "refused" in out.stdout, out.stdout + out.stderr[-2000:]
     assert "InvalidAuthToken" in out.stderr

@@ -9,10 +9,10 @@ objects; tests/test_train.py that checkpoints load with weights_only=True.)
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
+
+from tests.ray_probe import try_to_connect
 
 
 @pytest.mark.slow
@@ -23,10 +23,6 @@ def test_the_local_ray_refuses_a_client_without_its_token(ray_session, tmp_path)
     # a client with no token at all: no RAY_AUTH_* variables, and a home without ~/.ray/auth_token
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HOME"] = str(tmp_path)
-    probe = ("import ray, sys\n"
-             f"try:\n    ray.init(address={address!r}, logging_level='ERROR')\n"
-             "except Exception as e:\n    print('refused:', type(e).__name__); sys.exit(3)\n"
-             "print('connected')\n")
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
+    out = try_to_connect(address, env)
     assert out.returncode == 3 and "refused" in out.stdout, out.stdout + out.stderr[-2000:]
     assert "InvalidAuthToken" in out.stderr or "Unauthenticated" in out.stderr
