@@ -67,12 +67,12 @@ class _Row:
 class ProgressView:
     """A trial listener (see ``orchestrator.runner.TrialListener``) that draws the sweep's progress."""
 
-    def __init__(self, trials: List[Trial], skipped: int, slots: int, stream: TextIO = sys.stdout,
+    def __init__(self, trials: List[Trial], skipped: int, slots: int, stream: Optional[TextIO] = None,
                  live: Optional[bool] = None, interval_s: float = 10.0):
         self.rows: Dict[str, _Row] = {t.key: _Row(t.key, t.label, int(t.config.train.iterations)) for t in trials}
         self.skipped, self.slots = skipped, max(1, slots)
-        self.stream = stream
-        self.live = stream.isatty() if live is None else live
+        self.stream = stream or sys.stdout  # looked up now, not when the module was imported
+        self.live = self.stream.isatty() if live is None else live
         self.interval_s = interval_s
         self.start = time.monotonic()
         self._drawn_lines = 0
