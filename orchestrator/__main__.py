@@ -127,10 +127,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .outbox import OutboxError, read_journal, replay_journal
 
         try:
-            read_journal(journal)  # a journal that is not one is an error before the store is opened
-            count = replay_journal(journal, tracking.SweepTracker(uri, sweep, state))
-        except OutboxError as e:  # a journal that is not one: say so, touch nothing
+            events = read_journal(journal)  # read before the store is opened: a bad journal touches nothing
+        except OutboxError as e:
             return _fail(e)
+        count = replay_journal(journal, tracking.SweepTracker(uri, sweep, state), events)
         print(f"tracking: recorded {count} writes that the last run kept in {journal}")
         state = tracking.read_state(uri, sweep.name)
 

@@ -199,10 +199,11 @@ def read_journal(path: Path) -> List[Event]:
     return events
 
 
-def replay_journal(path: Path, target: Any) -> int:
-    """Apply the journal's writes to ``target`` in order, then delete it; the number applied.
-    A failure keeps the writes not yet applied in the journal (and raises) for the next attempt."""
-    events = read_journal(path)
+def replay_journal(path: Path, target: Any, events: Optional[List[Event]] = None) -> int:
+    """Apply the journal's writes (``events``, if already read) to ``target`` in order, then delete
+    it; the number applied. A failure keeps the writes not yet applied in the journal (and raises)
+    for the next attempt."""
+    events = read_journal(path) if events is None else events
     for done, (event, args) in enumerate(events):
         try:
             getattr(target, event)(*args)

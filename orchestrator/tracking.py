@@ -267,7 +267,6 @@ class SweepTracker:
         self.parent_run_id: Optional[str] = state.parent_run_id
         self.run_ids: Dict[str, str] = {k: r.run_id for k, r in state.trials.items()}
         self.last_step: Dict[str, int] = {}
-        self.final_status: Dict[str, str] = {}
         self.retries: Dict[str, int] = {}
 
     # -- sweep ----------------------------------------------------------------------------------
@@ -368,7 +367,6 @@ class SweepTracker:
         if result.get("eval_summary"):
             c.log_text(run_id, str(result["eval_summary"]), "eval_summary.txt")
         c.set_terminated(run_id, status="FINISHED")
-        self.final_status[key] = status
 
     def trial_failed(self, key: str, error: str) -> None:
         run_id = self.run_ids.get(key)
@@ -378,7 +376,6 @@ class SweepTracker:
         self._tags(run_id, {"status": "failed", "error": error_line(error)})
         self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, status="FAILED")
-        self.final_status[key] = "failed"
 
     def trial_retrying(self, key: str, error: str) -> None:
         run_id = self.run_ids.get(key)
