@@ -58,12 +58,14 @@ TABLES: Dict[str, str] = {
     "5.1": "Section 5.1: CE with and without the prior initialization",
 }
 
-# Config keys that change how a run is logged, stored or parallelized, never what it computes.
+# Config keys that change how a run is logged, stored, parallelized or compiled, never what it
+# computes (train.compile: the same network, kernels fused; equal up to float rounding).
 KEY_EXCLUDED: Tuple[str, ...] = (
     "output_dir",
     "train.log_every",
     "train.checkpoint_every",
     "train.num_threads",
+    "train.compile",
     "data.num_workers",
     "data.synthetic.cache_dir",
 )

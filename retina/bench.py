@@ -1,7 +1,7 @@
 """Throughput benchmark: our trainer's step vs torchvision's RetinaNet, same settings, one JSON line.
 
     python -m retina.bench [--device cpu|cuda] [--profile cpu|gpu|paper] [--iterations N] [--warmup N]
-                           [--rounds N] [key=value ...]
+                           [--rounds N] [--compile MODE] [--top-ops N] [--profile-steps N] [key=value ...]
 
 In one process: (1) our training step exactly as ``retina.train.fit`` runs it (forward, pad_targets,
 match_anchors, RetinaLoss, backward, [grad clip], SGD step; bf16 autocast and channels_last on CUDA
@@ -12,14 +12,20 @@ the contiguous (NCHW) and once in the channels_last memory format: the ratio is 
 of the two, whichever ours uses; (3) inference of all of them (ours: forward + ``postprocess``;
 torchvision: eval forward) on the same validation batches. The timed steps are split into
 ``--rounds`` blocks that run by turns (ours, torchvision, torchvision channels_last, ours, ...), so
-that a machine shared with other work slows all of them alike.
+that a machine shared with other work slows all of them alike. With ``--compile MODE`` (the default
+on CUDA) ours runs a second time as ``ours_compiled`` (``train.compile=MODE``: the network through
+``torch.compile``); the headline ratio is the faster of ours against the faster of torchvision, and a
+compiler failure is reported under ``ours_configurations_failed`` instead of ending the run. After the
+timing: the operators with the most self time per step (``--top-ops``, torch.profiler) of the fastest
+of each, and the images/s that the training loader alone delivers (``data_loader_images_per_s``).
 
 Both models get: the profile's ResNet depth, FPN width 256 and 4 head convs (torchvision's are fixed
 at 256 / 4), the same 9 anchors per location (sizes and ratios), image size, batch size, precision,
 optimizer, learning-rate schedule, gradient clipping, matcher thresholds and post-processing
-thresholds. What cannot be made equal is listed under ``not_equal`` in the output. Neither model is
-compiled (torch.compile): on the 2-core CPU inductor took minutes to compile the training step and
-the compiled step was slower than the eager one. This is a script, not a test; nothing is downloaded.
+thresholds. What cannot be made equal is listed under ``not_equal`` in the output. torchvision's
+model is never compiled; ours is not on CPU by default (on the 2-core CPU inductor took minutes to
+compile the training step and the compiled step was slower than the eager one). This is a script,
+not a test; nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -154,7 +160,11 @@ def to_torchvision(batch: Batch) -> Tuple[List[torch.Tensor], List[Dict[str, tor
     and targets {boxes (G, 4) xyxy, labels (G,)}."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    images = [batch["images"][i, :, :h, :w] * std + mean for i, (h, w) in enumerate(batch["image_sizes"])]
+    x = batch["images"]
+    if x.dtype == torch.uint8:  # images at their own size, as bytes (see retina.data.collate)
+        images = [x[i, :, :h, :w].to(torch.float32).div_(255.0) for i, (h, w) in enumerate(batch["image_sizes"])]
+    else:
+        images = [x[i, :, :h, :w] * std + mean for i, (h, w) in enumerate(batch["image_sizes"])]
     targets = [{"boxes": b, "labels": l} for b, l in zip(batch["boxes"], batch["labels"])]
     return images, targets
 
@@ -292,6 +302,40 @@ def assumed_peak_tflops(device: torch.device) -> Optional[float]:
     return torch.get_num_threads() * per_cycle * mhz * 1e6 / 1e12
 
 
+def top_ops(step: Callable, batches: List[Batch], device: torch.device, count: int,
+            step_s: float) -> List[Dict[str, object]]:
+    """Where a training step's time goes: ``torch.profiler`` over ``batches`` (one step each), the
+    ``count`` operators and kernels with the most self time (device time on CUDA, CPU time on CPU),
+    per step and as a share of the timed step (``step_s``). On CUDA an operator's self device time
+    is that of the kernels it launched, so an operator and its kernel can both be listed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        for batch in batches:
+            step(batch)
+        synchronize(device)
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, field), reverse=True)[:count]
+    steps = max(len(batches), 1)
+    return [{"name": e.key[:120], "self_ms_per_step": getattr(e, field) / 1000 / steps,
+             "share_of_step": getattr(e, field) / 1e6 / steps / step_s, "calls_per_step": e.count / steps}
+            for e in events]
+
+
+def loader_images_per_s(loader) -> float:
+    """Images/s that a training loader delivers with nothing else running (its workers started by
+    the first batch, which is not counted): the most the data pipeline can feed a trainer."""
+    batches = iter(loader)
+    next(batches)
+    start, images = time.perf_counter(), 0
+    for batch in batches:
+        images += len(batch["image_sizes"])
+    return images / max(time.perf_counter() - start, 1e-9)
+
+
 class Contender:
     """One model in one configuration: its training step over its own loader (the same batches as
     the others'), and its inference; timings accumulate over the rounds."""
@@ -304,6 +348,7 @@ class Contender:
         self.train_s = self.data_wait_s = self.infer_s = 0.0
         self.train_images = self.infer_images = self.steps = 0
         self.peak_bytes = 0
+        self.first_step_s: Optional[float] = None  # ours_compiled: its first step, compilation included
 
     def warm_up(self, steps: int) -> None:
         for _ in range(steps):
@@ -343,6 +388,7 @@ class Contender:
     def result(self) -> Dict[str, object]:
         return {
             "train_images_per_s": self.train_images / self.train_s,
+            "first_step_s": self.first_step_s,
             "step_s": self.train_s / max(self.steps, 1),
             "data_wait_share": self.data_wait_s / self.train_s,
             "inference_ms_per_image": 1000.0 * self.infer_s / max(self.infer_images, 1),
@@ -407,6 +453,10 @@ def not_equal(cfg: DictConfig, device: torch.device) -> List[str]:
     return [n for n in notes if n]
 
 
+def one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+
+
 def run(args) -> Dict[str, object]:
     cfg = bench_config(args.device, args.profile, args.overrides)
     device = resolve_device(cfg.train.device)
@@ -414,13 +464,14 @@ def run(args) -> Dict[str, object]:
         torch.set_num_threads(cfg.train.num_threads)
     train_set, val_set = build_datasets(cfg)  # generates the synthetic data if needed
     num_classes = train_set.num_classes
-    steps = args.warmup + args.iterations
+    steps = args.warmup + args.iterations + args.profile_steps
     infer_data = inference_batches(cfg, val_set, args.warmup + args.iterations, device)
     first = next(iter(train_batches(cfg, train_set, 1, device)))  # for the FLOP counts
 
     # build every contender, count its FLOPs (one extra step, untimed) and warm it up
     contenders: List[Contender] = []
     flops: Dict[str, int] = {}
+    failed: Dict[str, str] = {}
     ours = build_ours(cfg, num_classes, device)
     opt = make_optimizer(cfg, ours)
     loss_fn = loss_from_config(cfg.loss)
@@ -434,6 +485,20 @@ def run(args) -> Dict[str, object]:
     contenders.append(Contender("ours", ours, opt, our_step(cfg, ours, opt, loss_fn, device),
                                 our_inference(cfg, ours, device), train_batches(cfg, train_set, steps, device),
                                 device))
+    if args.compile:  # the same model, seed and first step; its network through torch.compile
+        compiled = build_ours(cfg, num_classes, device)
+        compiled.compile_dense(args.compile)
+        opt = make_optimizer(cfg, compiled)
+        step = our_step(cfg, compiled, opt, loss_from_config(cfg.loss), device)
+        try:
+            start = time.perf_counter()
+            step(first)
+            synchronize(device)
+            contenders.append(Contender("ours_compiled", compiled, opt, step, our_inference(cfg, compiled, device),
+                                        train_batches(cfg, train_set, steps, device), device))
+            contenders[-1].first_step_s = time.perf_counter() - start
+        except Exception as e:  # a compiler failure is a finding, not the end of the benchmark
+            failed["ours_compiled"] = one_line(e)
     for name, channels_last in (("torchvision", False), ("torchvision_channels_last", True)):
         model = build_torchvision(cfg, num_classes, device, channels_last)
         opt = make_optimizer(cfg, model)
@@ -444,10 +509,16 @@ def run(args) -> Dict[str, object]:
             step(first)  # the same extra step as the first torchvision model took
         contenders.append(Contender(name, model, opt, step, torchvision_inference(cfg, model, device),
                                     train_batches(cfg, train_set, steps, device), device))
-    for c in contenders:
+    for c in list(contenders):
         c.model.train()
-        c.warm_up(args.warmup)
-        c.infer_block(infer_data[:args.warmup])
+        try:
+            c.warm_up(args.warmup)
+            c.infer_block(infer_data[:args.warmup])
+        except Exception as e:
+            if c.name == "ours" or c.name.startswith("torchvision"):
+                raise
+            failed[c.name] = one_line(e)
+            contenders.remove(c)
         c.infer_s, c.infer_images = 0.0, 0
 
     # the timed blocks, by turns
@@ -462,10 +533,25 @@ def run(args) -> Dict[str, object]:
     results = {c.name: c.result() for c in contenders}
     rss = process_max_rss_mib()
 
-    tv_names = [c.name for c in contenders if c.name != "ours"]
-    best = max(tv_names, key=lambda n: results[n]["train_images_per_s"])
-    best_infer = min(tv_names, key=lambda n: results[n]["inference_ms_per_image"])
-    ours_r, tv_r = results["ours"], results[best]
+    ours_names = [c.name for c in contenders if c.name.startswith("ours")]
+    tv_names = [c.name for c in contenders if c.name.startswith("torchvision")]
+    fastest = lambda names: max(names, key=lambda n: results[n]["train_images_per_s"])  # noqa: E731
+    quickest = lambda names: min(names, key=lambda n: results[n]["inference_ms_per_image"])  # noqa: E731
+    best_ours, best = fastest(ours_names), fastest(tv_names)
+    best_ours_infer, best_infer = quickest(ours_names), quickest(tv_names)
+    ours_r, tv_r = results[best_ours], results[best]
+
+    # after the timing: where the step's time goes, and what the data pipeline alone delivers
+    by_name = {c.name: c for c in contenders}
+    breakdown = {}
+    if args.profile_steps and args.top_ops:
+        for name in (best_ours, best):
+            c = by_name[name]
+            batches = [next(c.batches) for _ in range(args.profile_steps)]
+            breakdown[name] = top_ops(c.step, batches, device, args.top_ops, results[name]["step_s"])
+    loader_batches = max(2 * cfg.data.num_workers, 4)
+    loader_rate = loader_images_per_s(train_batches(cfg, train_set, loader_batches + 1, device))
+
     peak = assumed_peak_tflops(device)
     achieved = flops["ours"] / ours_r["step_s"] / 1e12
     return {
@@ -479,17 +565,22 @@ def run(args) -> Dict[str, object]:
             "precision": "bf16-autocast" if uses_amp(cfg, device) else "fp32",
             "ours_channels_last": uses_channels_last(cfg, device),
             "ours_fast_cpu_convs": bool(cfg.model.fast_cpu_convs) and device.type == "cpu",
-            "compiled": False, "num_workers": cfg.data.num_workers,
+            "compile_mode": args.compile or None, "num_workers": cfg.data.num_workers,
             "torch_threads": torch.get_num_threads(), "iterations": args.iterations, "warmup": args.warmup,
             "rounds": len(split(args.iterations, args.rounds)),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
         },
         "train_images_per_s": {"ours": ours_r["train_images_per_s"], "torchvision": tv_r["train_images_per_s"]},
         "train_speed_ratio_ours_over_torchvision": ours_r["train_images_per_s"] / tv_r["train_images_per_s"],
+        "ours_best_configuration": best_ours,
         "torchvision_best_configuration": best,
+        "ours_configurations": {n: {k: results[n][k] for k in ("train_images_per_s", "inference_ms_per_image",
+                                                                  "first_step_s")} for n in ours_names},
+        "ours_configurations_failed": failed,
         "torchvision_configurations": {n: {k: results[n][k] for k in ("train_images_per_s", "inference_ms_per_image")}
                                        for n in tv_names},
-        "inference_ms_per_image": {"ours": ours_r["inference_ms_per_image"],
+        "inference_ms_per_image": {"ours": results[best_ours_infer]["inference_ms_per_image"],
+                                   "ours_configuration": best_ours_infer,
                                    "torchvision": results[best_infer]["inference_ms_per_image"],
                                    "torchvision_configuration": best_infer},
         "flops_per_train_step": {"ours": flops["ours"], "torchvision": flops["torchvision"]},
@@ -508,8 +599,11 @@ def run(args) -> Dict[str, object]:
                                     "gradients and optimizer state" if device.type == "cuda" else
                                     "CPU: only the process's max RSS (all models together) is known"},
         "data_wait_share": {"ours": ours_r["data_wait_share"], "torchvision": tv_r["data_wait_share"]},
+        "data_loader_images_per_s": loader_rate,
+        "data_loader_headroom": loader_rate / ours_r["train_images_per_s"],
+        "top_ops_per_step": breakdown,
         "parameters": {"ours": sum(p.numel() for p in ours.parameters()),
-                       "torchvision": sum(p.numel() for p in contenders[1].model.parameters())},
+                       "torchvision": sum(p.numel() for p in by_name[best].model.parameters())},
         "not_equal": not_equal(cfg, device),
     }
 
@@ -523,14 +617,27 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 cpu, 10 cuda)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="blocks the timed steps are split into, run by turns (default: 3 cpu, 2 cuda)")
+    parser.add_argument("--compile", default=None, choices=config_lib.COMPILE_MODES, metavar="MODE",
+                        help="also time ours with train.compile=MODE ('' = not; default: 'default' on cuda, "
+                             "'' on cpu, where inductor took minutes and the result was slower)")
+    parser.add_argument("--top-ops", type=int, default=12,
+                        help="list the N operators with the most self time per step of the fastest of ours "
+                             "and of torchvision (torch.profiler; 0 = no profile)")
+    parser.add_argument("--profile-steps", type=int, default=None,
+                        help="steps profiled for --top-ops, after the timing (default: 3 cuda, 1 cpu)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
+    args.compile = args.compile if args.compile is not None else ("default" if cuda else "")
+    args.profile_steps = (args.profile_steps if args.profile_steps is not None else (3 if cuda else 1)) \
+        if args.top_ops > 0 else 0
     args.iterations = args.iterations if args.iterations is not None else (50 if cuda else 12)
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
     args.rounds = args.rounds if args.rounds is not None else (2 if cuda else 3)
-    if args.iterations < 1 or args.warmup < 0 or args.rounds < 1:
-        parser.error("--iterations and --rounds must be >= 1 and --warmup >= 0")
+    if args.iterations < 1 or args.warmup < 0 or args.rounds < 1 or args.top_ops < 0 or args.profile_steps < 0:
+        parser.error("--iterations and --rounds must be >= 1, --warmup, --top-ops and --profile-steps >= 0")
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup >= 1 (its first steps compile)")
     return args
 
 

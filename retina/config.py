@@ -26,6 +26,10 @@ PROFILES_DIR = PROJECT_ROOT / "sweeps" / "profiles"
 DEFAULT_PROFILE = "cpu"
 
 
+# train.compile: "" = eager, else a torch.compile mode ("reduce-overhead" adds CUDA graphs).
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class ConfigError(ValueError):
     """A user's configuration mistake; its message is one line: where, which key, what is right.
 
@@ -136,6 +140,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    compile: str = ""  # torch.compile mode for the network ("" = eager; see COMPILE_MODES)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     log_every: int = 20  # iterations between on_metrics calls
     checkpoint_every: int = 1000  # iterations between checkpoints; 0 = only the final one
@@ -395,6 +400,8 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
                 if check_paths and not Path(value).exists():
                     raise ConfigError(f"{where}: data.{split}.{k}={value!r} does not exist; expected an existing "
                                       f"{'file' if k == 'annotations' else 'folder'}")
+    need(t.compile in COMPILE_MODES, "train.compile", t.compile,
+         "'' (eager) or a torch.compile mode: " + ", ".join(repr(m) for m in COMPILE_MODES[1:]))
     need(t.iterations >= 1, "train.iterations", t.iterations, "an integer >= 1")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     need(t.lr > 0 and math.isfinite(t.lr), "train.lr", t.lr, "a positive learning rate")

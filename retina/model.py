@@ -194,15 +194,34 @@ class RetinaNet(nn.Module):
         use_fast_convs(self.backbone, bool(on))
         use_fast_convs(self.fpn, bool(on))
 
-    def forward(self, images: torch.Tensor) -> Dict[str, object]:
-        """images (N, 3, H, W) normalized -> cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4),
-        and the per-level feature shapes (list of (H, W))."""
+    def dense(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, int]]]:
+        """The network proper: images -> (cls_logits (N, R, K), box_deltas (N, R, 4), per-level (H, W)).
+        What :meth:`compile_dense` compiles; the anchors (a cache keyed by shapes) stay outside."""
         features = self.fpn(self.backbone(images))
-        shapes = [tuple(f.shape[-2:]) for f in features]
+        shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
         if self.fast_cpu_convs and images.device.type == "cpu":
             cls_logits, box_deltas = heads_winograd(self.cls_subnet, self.box_subnet, features)
         else:
             cls_logits, box_deltas = self.cls_subnet(features), self.box_subnet(features)
+        return cls_logits, box_deltas, shapes
+
+    def compile_dense(self, mode: str, backend: str = "inductor") -> None:
+        """``train.compile``: run :meth:`dense` through ``torch.compile(mode=mode)`` from now on ("" =
+        eager again). The parameters and the state_dict are the module's own, so checkpoints do not
+        change. Shapes are static: each new padded input size compiles once more (torch's
+        recompile limit, 8 by default, then runs it eagerly), so it pays with fixed-size batches."""
+        if not mode:
+            self._dense_fn = None
+        elif backend == "inductor":
+            self._dense_fn = torch.compile(self.dense, mode=mode, dynamic=False)
+        else:  # a backend without modes (tests: "aot_eager" traces and differentiates, generates no code)
+            self._dense_fn = torch.compile(self.dense, backend=backend, dynamic=False)
+
+    def forward(self, images: torch.Tensor) -> Dict[str, object]:
+        """images (N, 3, H, W) normalized -> cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4),
+        and the per-level feature shapes (list of (H, W))."""
+        dense = self.__dict__.get("_dense_fn") or self.dense
+        cls_logits, box_deltas, shapes = dense(images)
         return {
             "cls_logits": cls_logits,
             "box_deltas": box_deltas,

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from .boxes import match_anchors, pad_targets
+from .data import normalize
 from .losses import LossOutput, RetinaLoss
 
 
@@ -28,7 +29,8 @@ def uses_channels_last(cfg: DictConfig, device: torch.device) -> bool:
 
 def forward(model, batch: dict, cfg: DictConfig, device: torch.device) -> Dict[str, object]:
     """The model's outputs for a collated batch: cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4)."""
-    images = batch["images"].to(device, non_blocking=True)  # (N, 3, Hp, Wp)
+    # (N, 3, Hp, Wp): bytes (images at their own size) are normalized here, on the device
+    images = normalize(batch["images"].to(device, non_blocking=True), batch["image_sizes"])
     if uses_channels_last(cfg, device):
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_amp(cfg, device)):

@@ -248,6 +248,8 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
     net: RetinaNet = model_from_config(cfg, train_set.num_classes).to(device)
     if uses_channels_last(cfg, device):
         net = net.to(memory_format=torch.channels_last)
+    if t.compile:
+        net.compile_dense(t.compile)
     loss_fn = loss_from_config(cfg.loss)
 
     state = None

@@ -27,6 +27,35 @@ def test_bench_runs_ours_and_both_torchvision_formats(tmp_path, capsys):
     assert out["flops_per_train_step"]["ours"] < out["ours_direct_flops_per_train_step"]
     assert any("fast_cpu_convs" in note for note in out["not_equal"])
     assert 0 <= out["data_wait_share"]["ours"] < 1 and out["inference_ms_per_image"]["ours"] > 0
+    # no torch.compile on CPU unless asked; where the time goes; what the loader alone delivers
+    assert set(out["ours_configurations"]) == {"ours"} and out["ours_best_configuration"] == "ours"
+    assert set(out["top_ops_per_step"]) == {"ours", best}
+    ops = out["top_ops_per_step"]["ours"]
+    assert 0 < len(ops) <= 12 and all(o["self_ms_per_step"] > 0 for o in ops)
+    assert [o["self_ms_per_step"] for o in ops] == sorted((o["self_ms_per_step"] for o in ops), reverse=True)
+    assert any("conv" in o["name"] or "mm" in o["name"] for o in ops[:3])  # convolutions dominate
+    assert out["data_loader_images_per_s"] > 0
+    assert out["data_loader_headroom"] == pytest.approx(
+        out["data_loader_images_per_s"] / out["train_images_per_s"]["ours"])
+
+
+def test_bench_reports_a_failing_compiled_variant_and_goes_on(tmp_path, capsys, monkeypatch):
+    """A compiler failure on the device is a finding: the other contenders are still timed."""
+    from retina.model import RetinaNet
+
+    def broken(self, mode, backend="inductor"):
+        def fail(images):
+            raise RuntimeError("inductor: no kernel for this\nsecond line")
+        self._dense_fn = fail
+
+    monkeypatch.setattr(RetinaNet, "compile_dense", broken)
+    cache = f"data.synthetic.cache_dir={tmp_path / 'synthetic'}"
+    assert bench.main(["--iterations", "1", "--warmup", "1", "--rounds", "1", "--compile", "default",
+                       "--top-ops", "0", *TINY, cache]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ours_configurations_failed"] == {"ours_compiled": "RuntimeError: inductor: no kernel for this "
+                                                                  "second line"}
+    assert set(out["ours_configurations"]) == {"ours"} and out["top_ops_per_step"] == {}
 
 
 def test_bench_refuses_a_fpn_width_torchvision_cannot_have(capsys):

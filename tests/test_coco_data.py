@@ -68,8 +68,12 @@ def test_resize_makes_shorter_side_min_size_unless_longer_side_would_exceed_max_
     capped = 0
     for sample in coco32_samples:
         image = sample["image"]
-        assert image.dtype == torch.float32 and image.shape[0] == 3
-        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+        assert image.shape[0] == 3
+        if sample["scale"] == 1.0:  # at its own size: the file's bytes
+            assert image.dtype == torch.uint8
+        else:
+            assert image.dtype == torch.float32
+            assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
         height, width = sample["orig_size"]
         h, w = image.shape[1:]
         assert (h, w) == (round(height * sample["scale"]), round(width * sample["scale"]))
@@ -114,6 +118,45 @@ def test_collate_pads_to_a_multiple_of_size_divisibility_and_keeps_image_sizes(c
         assert padded[:, h:, :].abs().sum() == 0 and padded[:, :, w:].abs().sum() == 0
     assert batch["image_ids"] == [s["image_id"] for s in samples]
     assert batch["scales"] == [s["scale"] for s in samples]
+
+
+def test_images_at_their_own_size_travel_as_bytes_and_normalize_to_the_same_floats(tmp_path):
+    """At its file's size an image stays uint8 through collate (a quarter of the bytes from the
+    loader's workers to the device); normalize() then gives the float path's tensor to the bit,
+    padding included. A resized image, or a batch mixing both, takes the float path."""
+    from retina.data import normalize
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for name, (w, h) in {"a.png": (64, 48), "b.png": (40, 64)}.items():
+        pixels = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(images / name)
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+                       {"id": 2, "file_name": "b.png", "width": 40, "height": 64}],
+            "categories": [{"id": 1, "name": "x"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 10]}]}
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps(data))
+    own_size = CocoDetection(ann, images, train=True, min_size=40, max_size=64)  # scale 1 for b only
+    exact = CocoDetection(ann, images, train=True, min_size=48, max_size=64)  # scale 1 for a only
+    a, b = exact[(0, True)], own_size[1]
+    assert a["image"].dtype == torch.uint8 and a["scale"] == 1.0 and a["flipped"]
+    assert b["image"].dtype == torch.uint8 and b["scale"] == 1.0
+    resized = own_size[0]
+    assert resized["image"].dtype == torch.float32 and resized["scale"] != 1.0
+
+    batch = collate([a, b], size_divisibility=32)
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (2, 3, 64, 64)
+    as_floats = [dict(s, image=s["image"].to(torch.float32).div_(255.0)) for s in (a, b)]
+    reference = collate(as_floats, size_divisibility=32)["images"]  # the float path, as before
+    assert torch.equal(normalize(batch["images"], batch["image_sizes"]), reference)
+    assert normalize(reference, batch["image_sizes"]) is reference
+
+    mixed = collate([a, resized], size_divisibility=32)
+    assert mixed["images"].dtype == torch.float32
+    assert torch.equal(mixed["images"][0], reference[0])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_wrong_type_names_the_key_and_expected_type():
 
 @pytest.mark.parametrize("override,key", [("loss.alpha=1.5", "loss.alpha"), ("train.lr=-0.1", "train.lr"),
                                           ("loss.gamma=-1", "loss.gamma"), ("model.depth=19", "model.depth"),
-                                          ("loss.kind=hinge", "loss.kind")])
+                                          ("loss.kind=hinge", "loss.kind"), ("train.compile=fast", "train.compile")])
 def test_out_of_range_values_are_refused(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config("cpu", overrides=[override])

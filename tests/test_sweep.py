@@ -100,7 +100,8 @@ def test_prior_init_rows_differ_only_in_the_prior_and_never_clip():
 def test_trial_key_is_stable_and_ignores_settings_that_cannot_change_results():
     cfg = load_config("cpu")
     same = load_config("cpu", overrides=["train.log_every=7", "train.checkpoint_every=3", "train.num_threads=2",
-                                         "data.num_workers=2", "output_dir=/elsewhere"])
+                                         "data.num_workers=2", "output_dir=/elsewhere",
+                                         "train.compile=max-autotune"])
     assert trial_key(cfg) == trial_key(same) and len(trial_key(cfg)) == 12
     assert trial_key(cfg) != trial_key(load_config("cpu", overrides=["loss.alpha=0.5"]))
     assert trial_key(cfg) != trial_key(load_config("cpu", overrides=["train.seed=1"]))

@@ -11,6 +11,7 @@ from retina.data.coco import (
     collate,
     decode_rgb,
     load_coco,
+    normalize,
     resize_scale,
     to_coco_results,
 )
@@ -19,7 +20,7 @@ _SYNTHETIC_NAMES = ("ensure_synthetic", "generate", "SHAPES")
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "CocoDetection", "DataError", "collate", "decode_rgb", "load_coco",
-    "resize_scale", "to_coco_results", *_SYNTHETIC_NAMES,
+    "normalize", "resize_scale", "to_coco_results", *_SYNTHETIC_NAMES,
 ]
 
 

@@ -148,7 +148,9 @@ class CocoDetection(torch.utils.data.Dataset):
 
     ``dataset[i]`` or ``dataset[(i, flip)]`` returns a dict:
 
-    * ``image``: float32 (3, h, w) in [0, 1], resized (see module docstring);
+    * ``image``: the file's pixels, uint8 (3, h, w), when the image is used at its own size; else
+      float32 (3, h, w) in [0, 1], resized (see module docstring). Bytes travel from the loader's
+      workers to the device at a quarter of float32's size and are normalized there (:func:`normalize`);
     * ``boxes``: float32 (G, 4) xyxy, resized-image pixels (mirrored if flipped);
     * ``labels``: int64 (G,) contiguous; ``iscrowd``: bool (G,);
     * ``image_id``: int; ``orig_size``: (H, W) of the file; ``scale``: float, resized / original;
@@ -236,10 +238,10 @@ class CocoDetection(torch.utils.data.Dataset):
         height, width = int(raw.shape[1]), int(raw.shape[2])
         scale = resize_scale(height, width, self.min_size, self.max_size)
         new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
-        image = raw.to(torch.float32).div_(255.0)
+        image = raw  # at its own size: kept as bytes (normalize() makes the same floats on the device)
         if (new_h, new_w) != (height, width):
-            image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
-                                  antialias=scale < 1.0)[0].clamp_(0.0, 1.0)
+            image = F.interpolate(raw.to(torch.float32).div_(255.0)[None], size=(new_h, new_w), mode="bilinear",
+                                  align_corners=False, antialias=scale < 1.0)[0].clamp_(0.0, 1.0)
 
         boxes_np, labels_np, crowd_np = self._targets[image_id]
         boxes = torch.from_numpy(boxes_np * np.float32(scale))  # (G, 4) xyxy, resized pixels
@@ -273,12 +275,15 @@ class CocoDetection(torch.utils.data.Dataset):
 
 
 def collate(samples: List[Dict[str, Any]], size_divisibility: int = 32) -> Dict[str, Any]:
-    """Normalize with the ImageNet mean/std and zero-pad to a common, divisible size.
+    """Pad to a common, divisible size: ``images`` (N, 3, Hp, Wp) (Hp, Wp: the batch's largest image
+    rounded up to a multiple of ``size_divisibility``), ``image_sizes`` [(h, w)] before padding, and
+    the per-image lists ``boxes``, ``labels``, ``iscrowd``, ``image_ids``, ``orig_sizes``, ``scales``,
+    ``flipped``.
 
-    Returns ``images`` float32 (N, 3, Hp, Wp) (Hp, Wp: batch max rounded up to a multiple of
-    ``size_divisibility``; padding is 0 after normalization), ``image_sizes`` [(h, w)] before
-    padding, and the per-image lists ``boxes``, ``labels``, ``iscrowd``, ``image_ids``,
-    ``orig_sizes``, ``scales``, ``flipped``.
+    ``images`` is uint8 when every image is at its file's size (the pixels, zero padding), to be
+    normalized where it is used (:func:`normalize`, on the device); else float32, normalized here with
+    the ImageNet mean/std, padding 0 after normalization. Either way ``normalize(images, sizes)`` is
+    the same float32 tensor, to the bit.
     """
     if not samples:
         raise ValueError("collate: empty batch")
@@ -286,11 +291,19 @@ def collate(samples: List[Dict[str, Any]], size_divisibility: int = 32) -> Dict[
     d = max(1, size_divisibility)
     pad_h = -(-max(h for h, _ in sizes) // d) * d
     pad_w = -(-max(w for _, w in sizes) // d) * d
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    images = torch.zeros((len(samples), 3, pad_h, pad_w), dtype=torch.float32)
-    for padded, sample, (h, w) in zip(images, samples, sizes):
-        padded[:, :h, :w] = (sample["image"] - mean) / std
+    if all(s["image"].dtype == torch.uint8 for s in samples):
+        images = torch.zeros((len(samples), 3, pad_h, pad_w), dtype=torch.uint8)
+        for padded, sample, (h, w) in zip(images, samples, sizes):
+            padded[:, :h, :w] = sample["image"]
+    else:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+        images = torch.zeros((len(samples), 3, pad_h, pad_w), dtype=torch.float32)
+        for padded, sample, (h, w) in zip(images, samples, sizes):
+            image = sample["image"]
+            if image.dtype == torch.uint8:
+                image = image.to(torch.float32).div_(255.0)
+            padded[:, :h, :w] = (image - mean) / std
     return {
         "images": images,
         "image_sizes": sizes,
@@ -302,6 +315,30 @@ def collate(samples: List[Dict[str, Any]], size_divisibility: int = 32) -> Dict[
         "scales": [s["scale"] for s in samples],
         "flipped": [s["flipped"] for s in samples],
     }
+
+
+_MEAN_STD: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}  # normalize's constants, per device
+
+
+def normalize(images: torch.Tensor, image_sizes: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    """A collated batch's ``images`` as the model takes them, on their device: float32, normalized with
+    the ImageNet mean/std, 0 in the padding. A uint8 batch is converted with the very operations
+    collate uses for float batches (so the values are the same to the bit); a float batch is
+    returned as it is. The padding is cleared by slices (no host-to-device copy, no sync)."""
+    if images.dtype != torch.uint8:
+        return images
+    if images.device not in _MEAN_STD:
+        _MEAN_STD[images.device] = tuple(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1).to(images.device)
+                                         for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = _MEAN_STD[images.device]
+    out = (images.to(torch.float32).div_(255.0) - mean) / std
+    pad_h, pad_w = out.shape[-2:]
+    for padded, (h, w) in zip(out, image_sizes):
+        if h < pad_h:
+            padded[:, h:, :] = 0.0
+        if w < pad_w:
+            padded[:, :h, w:] = 0.0
+    return out
 
 
 def to_coco_results(outputs: Sequence[Dict[str, Any]], image_ids: Sequence[int], scales: Sequence[float],

@@ -1,0 +1,43 @@
+"""benchmarks/amp_parity.py: bf16 and fp32 trainings side by side. On CPU train.amp is ignored, so
+both arms must give the same AP for a seed: what the script reports there checks the script."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from retina.config import PROJECT_ROOT
+
+from .conftest import TINY_SETTINGS
+
+SCRIPT = PROJECT_ROOT / "benchmarks" / "amp_parity.py"
+
+
+def run_script(tmp_path: Path, *args: str, overrides=()):
+    cache = f"data.synthetic.cache_dir={tmp_path / 'synthetic'}"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--profile", "cpu", "--out", str(tmp_path / "runs"), *args,
+                           *TINY_SETTINGS, cache, "train.device=cpu", *overrides],
+                          capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    return proc, json.loads(proc.stdout)
+
+
+def test_both_precisions_and_seeds_are_trained_and_compared(tmp_path):
+    proc, out = run_script(tmp_path, "--seeds", "0,1", "--parallel", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert set(out["runs"]) == {"bf16", "fp32"} and all(set(r) == {"0", "1"} for r in out["runs"].values())
+    for precision, seeds in out["runs"].items():
+        for seed, run in seeds.items():
+            assert run["status"] == "finished" and run["device"] == "cpu"
+            config = (tmp_path / "runs" / f"{precision}-s{seed}" / "config.yaml").read_text()
+            assert f"amp: {'true' if precision == 'bf16' else 'false'}" in config and f"seed: {seed}" in config
+    ap = {p: [out["runs"][p][s]["AP"] for s in ("0", "1")] for p in ("bf16", "fp32")}
+    assert ap["bf16"] == ap["fp32"]  # amp is ignored on CPU: the same computation
+    assert out["difference_bf16_minus_fp32"] == 0.0 and out["within_noise"] is True
+    assert out["noise"] == abs(ap["fp32"][0] - ap["fp32"][1])
+
+
+def test_a_failing_run_is_reported_with_its_log_and_exit_code_1(tmp_path):
+    proc, out = run_script(tmp_path, "--seeds", "0", overrides=["loss.alpha=7"])
+    assert proc.returncode == 1
+    run = out["runs"]["bf16"]["0"]
+    assert run["error"] == "exit code 2" and "loss.alpha" in run["log_tail"]
+    assert out["within_noise"] is None and out["mean_AP"] is None
