@@ -36,7 +36,7 @@ import resource
 import sys
 import time
 from functools import partial
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torchvision

@@ -196,7 +196,6 @@ class _WinogradConv3x3(torch.autograd.Function):
         m = 4 if lib is not None else 2
         a = m + 2
         levels = _levels(xs, m)
-        c = xs[0].shape[3]
         v = _transform_inputs(xs, levels, m, lib)
         total = v.shape[1]
         u = torch.cat([weight_transform(wt, m) for wt in weights], dim=1)  # (a^2, sum K, C)

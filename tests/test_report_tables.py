@@ -11,7 +11,7 @@ import math
 import shutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import pandas as pd
 import pytest

@@ -43,6 +43,15 @@ def test_same_seed_gives_identical_json_and_image_bytes(tmp_path):
     assert a == b
 
 
+def test_a_pool_of_processes_writes_the_same_files_as_one_process(tmp_path, monkeypatch):
+    """Large splits are drawn by spawned processes (PARALLEL_MIN_IMAGES); here every split is."""
+    generate(SMALL, tmp_path / "serial")
+    monkeypatch.setattr(synthetic, "PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    generate(SMALL, tmp_path / "pool")
+    assert _files(tmp_path / "pool") == _files(tmp_path / "serial")
+
+
 def test_another_seed_gives_other_images_and_boxes(tmp_path):
     generate(SMALL, tmp_path / "a")
     generate(replace(SMALL, seed=4), tmp_path / "b")

@@ -1,5 +1,4 @@
 """The training loop for real: exact resume, divergence, learning on synthetic and real data."""
-import math
 import shutil
 
 import pytest

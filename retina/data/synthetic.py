@@ -25,12 +25,15 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import sys
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -307,16 +310,34 @@ def _split_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index)))
 
 
+# Splits of at least this many images are drawn by a pool of processes (one per CPU, at most 16):
+# each image depends only on (seed, split, index), so the files are the same either way.
+PARALLEL_MIN_IMAGES = 256
+
+
+def _write_image(s: _Settings, split: str, index: int, images_dir: Path) -> List[Tuple[Box, int]]:
+    """Render image ``index`` of ``split``, write its PNG, return its objects."""
+    pixels, objects = _render(_split_rng(s.seed, split, index), s)
+    Image.fromarray(pixels).save(images_dir / f"{index:06d}.png", compress_level=1)
+    return objects
+
+
 def _write_split(s: _Settings, split: str, out: Path) -> None:
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
+    count = s.num_images(split)
+    processes = min(os.cpu_count() or 1, 16)
+    if count >= PARALLEL_MIN_IMAGES and processes > 1:
+        # spawn, not fork: the caller may be a Ray worker or a DataLoader's parent, with threads
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            per_image = list(pool.map(partial(_write_image, s, split, images_dir=images_dir), range(count),
+                                      chunksize=max(1, count // (4 * processes))))
+    else:
+        per_image = [_write_image(s, split, i, images_dir) for i in range(count)]
     images, annotations = [], []
-    for i in range(s.num_images(split)):
-        pixels, objects = _render(_split_rng(s.seed, split, i), s)
+    for i, objects in enumerate(per_image):
         image_id = i + 1  # COCO ids start at 1 (COCOeval treats an annotation id 0 as "no match")
-        file_name = f"{i:06d}.png"
-        Image.fromarray(pixels).save(images_dir / file_name, compress_level=1)
-        images.append({"id": image_id, "file_name": file_name, "width": s.image_size, "height": s.image_size})
+        images.append({"id": image_id, "file_name": f"{i:06d}.png", "width": s.image_size, "height": s.image_size})
         for (x0, y0, w, h), label in objects:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
