@@ -134,6 +134,12 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
                         "JPEG or PNG file") from None
 
 
+def unit_floats(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1]: the one conversion the loader, collate and normalize share,
+    so that bytes normalized on the device equal the floats normalized in the loader to the bit."""
+    return pixels.to(torch.float32).div_(255.0)
+
+
 def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:
     """The scale that makes the shorter side ``min_size`` unless the longer side would exceed
     ``max_size`` (then the longer side becomes ``max_size``)."""
@@ -240,7 +246,7 @@ class CocoDetection(torch.utils.data.Dataset):
         new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
         image = raw  # at its own size: kept as bytes (normalize() makes the same floats on the device)
         if (new_h, new_w) != (height, width):
-            image = F.interpolate(raw.to(torch.float32).div_(255.0)[None], size=(new_h, new_w), mode="bilinear",
+            image = F.interpolate(unit_floats(raw)[None], size=(new_h, new_w), mode="bilinear",
                                   align_corners=False, antialias=scale < 1.0)[0].clamp_(0.0, 1.0)
 
         boxes_np, labels_np, crowd_np = self._targets[image_id]
@@ -302,7 +308,7 @@ def collate(samples: List[Dict[str, Any]], size_divisibility: int = 32) -> Dict[
         for padded, sample, (h, w) in zip(images, samples, sizes):
             image = sample["image"]
             if image.dtype == torch.uint8:
-                image = image.to(torch.float32).div_(255.0)
+                image = unit_floats(image)
             padded[:, :h, :w] = (image - mean) / std
     return {
         "images": images,
@@ -331,7 +337,7 @@ def normalize(images: torch.Tensor, image_sizes: Sequence[Tuple[int, int]]) -> t
         _MEAN_STD[images.device] = tuple(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1).to(images.device)
                                          for v in (IMAGENET_MEAN, IMAGENET_STD))
     mean, std = _MEAN_STD[images.device]
-    out = (images.to(torch.float32).div_(255.0) - mean) / std
+    out = (unit_floats(images) - mean) / std
     pad_h, pad_w = out.shape[-2:]
     for padded, (h, w) in zip(out, image_sizes):
         if h < pad_h:
