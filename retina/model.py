@@ -174,6 +174,7 @@ class RetinaNet(nn.Module):
         self.backbone = ResNetBackbone(depth)
         self.fpn = FPN(self.backbone.out_channels, fpn_channels)
         self.fast_cpu_convs = fast_cpu_convs
+        self._dense_fn = None  # dense through torch.compile (compile_dense), else None: eager
         bias = prior_bias(prior_prob) if prior_init else 0.0
         self.cls_subnet = Subnet(fpn_channels, head_convs, a, num_classes, head_norm, final_bias=bias)
         self.box_subnet = Subnet(fpn_channels, head_convs, a, 4, head_norm, final_bias=0.0)
@@ -220,8 +221,7 @@ class RetinaNet(nn.Module):
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
         """images (N, 3, H, W) normalized -> cls_logits (N, R, K), box_deltas (N, R, 4), anchors (R, 4),
         and the per-level feature shapes (list of (H, W))."""
-        dense = self.__dict__.get("_dense_fn") or self.dense
-        cls_logits, box_deltas, shapes = dense(images)
+        cls_logits, box_deltas, shapes = (self._dense_fn or self.dense)(images)
         return {
             "cls_logits": cls_logits,
             "box_deltas": box_deltas,
