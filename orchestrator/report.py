@@ -186,13 +186,15 @@ def our_rows(record) -> Dict[str, List[OurRow]]:
     """table -> rows of our sweep, in the sweep's order, each with its trials (seeds)."""
     runs = {r.tags.get("trial_key"): r for r in record.runs}
     expected = _expected_configs(record) if any(e["key"] not in runs for e in record.manifest) else {}
-    rows: Dict[Tuple[str, str], OurRow] = {}
+    # A stale run (a trial key the last sweep run did not list: an older config of the row, e.g. from
+    # before a new config key) gets a row of its own beside the current one, never a seed of it.
+    rows: Dict[Tuple[str, str, bool], OurRow] = {}
     parent_running = record.parent_tags.get("status") == "running"
 
     def add(table: str, label: str, trial: dict) -> None:
-        row = rows.get((table, label))
+        row = rows.get((table, label, trial["stale"]))
         if row is None:
-            row = rows[(table, label)] = OurRow(table, label, len(rows))
+            row = rows[(table, label, trial["stale"])] = OurRow(table, label, len(rows))
         row.trials.append(trial)
 
     listed = set()

@@ -153,6 +153,34 @@ def test_1c_claim_flips_when_the_single_square_anchor_wins(tmp_path, empty_db):
     assert {x.claim: x.holds for x in report.verdicts["1c"]}["best row matches the paper's"] is False
 
 
+def test_a_stale_run_of_a_row_is_shown_beside_it_and_changes_no_verdict(tmp_path, empty_db):
+    """A run from an older config of a row (its trial key no longer in the sweep, e.g. after a new
+    config key) keeps its own line, marked "not in sweep"; the current run stays the row the verdicts
+    and numbers use."""
+    metrics = paper_shaped("1c")
+    db = tmp_path / "mlflow.db"
+    shutil.copy(empty_db, db)
+    uri = f"sqlite:///{db}"
+    filled = fill_store(uri, "anchors", metrics)
+    client = MlflowClient(uri)
+    label = "1 scale x 1 ratio"
+    current = client.get_run(filled["runs"][label])
+    stale_tags = {**current.data.tags, "trial_key": "0123456789ab"}
+    stale = client.create_run(current.info.experiment_id, tags=stale_tags).info.run_id
+    client.log_batch(stale, params=[Param(k, v) for k, v in sorted(current.data.params.items())],
+                     metrics=[Metric("AP", 99.0, 0, 240)])  # would win the table if it counted
+    report = build_report(tracking.read_sweep_record(uri, "anchors"))
+    df = report.tables["1c"]
+    lines = df[df["label"] == label]
+    assert list(lines["primary"]) == [True, False]
+    assert list(lines["status"]) == ["finished", "finished (not in sweep)"]
+    assert list(lines["run_ids"]) == [filled["runs"][label], stale]
+    assert lines["AP"].iloc[0] == pytest.approx(metrics[label]["AP"]) and math.isnan(lines["AP"].iloc[1])
+    assert claim(report, "1c") is True
+    v = {x.claim: x.holds for x in report.verdicts["1c"]}
+    assert v["best row matches the paper's"] is True
+
+
 # ----------------------------------------------------------------------------------------------
 # 1d: OHEM vs FL
 
