@@ -25,6 +25,13 @@ from torch import nn
 SMALL_MAP_POSITIONS = 16
 
 
+def applies(x: torch.Tensor) -> bool:
+    """Whether the fast CPU convolutions (this module's and retina/winograd.py's) take ``x``: a CPU
+    tensor, outside CPU autocast. They compute in their inputs' dtype; under autocast (bf16 mixed
+    precision, ``train.amp_cpu``) the standard modules run, and autocast chooses each op's precision."""
+    return x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+
+
 class _Conv2dGemmWeightGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -57,7 +64,7 @@ class FastConv2d(nn.Conv2d):
     for outputs of at most SMALL_MAP_POSITIONS positions, is computed as unfold + one matrix product."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad:
+        if applies(x) and torch.is_grad_enabled() and self.weight.requires_grad:
             h, w = x.shape[-2:]
             (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
             if ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1) <= SMALL_MAP_POSITIONS:

@@ -20,7 +20,7 @@ from torchvision.ops import batched_nms
 from . import cpu_kernels, winograd
 from .anchors import AnchorGenerator
 from .boxes import decode
-from .fast_conv import use_fast_convs
+from .fast_conv import applies as fast_convs_apply, use_fast_convs
 
 RESNET_C_CHANNELS = {18: (128, 256, 512), 34: (128, 256, 512), 50: (512, 1024, 2048), 101: (512, 1024, 2048)}
 
@@ -67,7 +67,7 @@ class FPN(nn.Module):
         top = self.lateral[1](c4) + F.interpolate(top, size=c4.shape[-2:], mode="nearest")
         p4 = self.output[1](top)
         top = self.lateral[0](c3) + F.interpolate(top, size=c3.shape[-2:], mode="nearest")
-        if self.winograd_p3 and top.device.type == "cpu":
+        if self.winograd_p3 and fast_convs_apply(top):
             conv = self.output[0]
             p3 = winograd.conv3x3([top.permute(0, 2, 3, 1)], [conv.weight], [conv.bias])[0][0]
             p3 = p3.permute(0, 3, 1, 2)  # channels-last memory: what the subnets' Winograd path reads
@@ -186,7 +186,7 @@ class RetinaNet(nn.Module):
         with C transforms, F(2x2, 3x3) in PyTorch ops otherwise), and the weight gradients of the 3x3
         convs on maps of at most 16 positions (C5 stage, P5..P7 at the cpu profile's 96 px) as one
         matrix product (retina/fast_conv.py). The same results up to float rounding; nothing changes
-        on CUDA."""
+        on CUDA, nor under CPU autocast (fast_conv.applies)."""
         return self.fpn.winograd_p3
 
     @fast_cpu_convs.setter
@@ -200,7 +200,7 @@ class RetinaNet(nn.Module):
         What :meth:`compile_dense` compiles; the anchors (a cache keyed by shapes) stay outside."""
         features = self.fpn(self.backbone(images))
         shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
-        if self.fast_cpu_convs and images.device.type == "cpu":
+        if self.fast_cpu_convs and fast_convs_apply(images):
             cls_logits, box_deltas = heads_winograd(self.cls_subnet, self.box_subnet, features)
         else:
             cls_logits, box_deltas = self.cls_subnet(features), self.box_subnet(features)

@@ -287,6 +287,8 @@ def conv3x3(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
         in channels-last order.
     """
     xs = [x.contiguous() for x in xs]
-    outs = _WinogradConv3x3.apply(len(weights), *weights, *biases, *xs)
+    # in the inputs' dtype: under CPU autocast the products would be bf16, and the C kernels read floats
+    with torch.autocast("cpu", enabled=False):
+        outs = _WinogradConv3x3.apply(len(weights), *weights, *biases, *xs)
     nw = len(weights)
     return [list(outs[i * nw:(i + 1) * nw]) for i in range(len(xs))]

@@ -175,6 +175,44 @@ def test_fast_cpu_convs_act_on_cpu_tensors_only(monkeypatch):
     assert not any(isinstance(m, FastConv2d) for m in model.modules())
 
 
+def test_fast_cpu_convs_step_aside_under_cpu_autocast():
+    """Under bf16 autocast on the CPU (``train.amp_cpu``) the model runs its standard modules, so
+    autocast picks each op's precision: outputs and gradients are those of the model without the fast
+    paths, to the bit. (Taken under autocast, the subnets' Winograd products came out in bf16 and the
+    C kernels read them as floats: a segfault.)"""
+    torch.manual_seed(0)
+    model = RetinaNet(3, depth=18, fpn_channels=32, head_convs=2, head_norm="group")
+    images = torch.randn(2, 3, 64, 64)
+
+    def run(on: bool):
+        model.fast_cpu_convs = on
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(images)
+        (out["cls_logits"].float().square().sum() + out["box_deltas"].float().square().sum()).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ref_out, ref_grads = run(False)
+    out, grads = run(True)
+    assert out["cls_logits"].dtype == torch.bfloat16
+    for key in ("cls_logits", "box_deltas"):
+        assert torch.equal(out[key], ref_out[key]), key
+    assert all(torch.equal(grads[n], ref_grads[n]) for n in ref_grads)
+
+
+def test_winograd_conv3x3_computes_in_its_inputs_dtype_under_autocast():
+    """Called under CPU autocast, the Winograd convolution still computes in float32 (C transforms
+    included): the same outputs as outside autocast."""
+    ws, bs, xs = _conv_case(torch.float32, LEVELS, [8, 5])
+    xs = [x.detach().permute(0, 2, 3, 1).contiguous() for x in xs]
+    ref = winograd.conv3x3(xs, ws, bs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = winograd.conv3x3(xs, ws, bs)
+    for ref_level, level in zip(ref, out):
+        for r, o in zip(ref_level, level):
+            assert o.dtype == torch.float32 and torch.equal(o, r)
+
+
 @pytest.mark.parametrize("shape,stride,bias", [((2, 12, 3, 3), 1, True), ((2, 6, 6, 6), 2, False),
                                                ((3, 5, 2, 2), 2, True), ((1, 4, 4, 5), 1, True)])
 def test_small_map_conv_gradients_equal_nn_conv2d(shape, stride, bias):
