@@ -4,13 +4,15 @@
 
 Runs ``python -m retina.train --profile P train.amp=true|false train.seed=S output_dir=DIR/<amp>-s<S>
 [key=value ...]`` for every precision and seed, ``--parallel`` at a time (on one GPU they share it),
-reads each run's ``metrics.json`` and prints one JSON object: every run's AP, AP50, time and speed;
+reads each run's ``metrics.json`` and prints one JSON object: every run's AP, AP50, precision, time and speed;
 the mean AP of each precision; their difference; the noise, taken as the largest AP spread between the
 seeds of one precision; and the verdict ``within_noise`` (|difference| <= noise; null with one seed).
 A run that fails is reported with the end of its log, and the script exits 1.
 
-On CPU ``train.amp`` is ignored (fp32 either way), so there both arms must agree exactly: a check of
-the script, not of bf16. The question is for CUDA, e.g. ``--profile gpu train.iterations=1000``.
+On CPU ``train.amp`` is ignored (fp32 either way, both arms agree exactly: a check of the script)
+unless ``train.amp_cpu=true`` is passed: then the bf16 arm runs under CPU autocast, which answers the
+accuracy question without a GPU (slowly: emulated bf16, ~13x the fp32 time on CPUs without
+AVX512-BF16/AMX). On CUDA, e.g. ``--profile gpu train.iterations=1000``.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def train(out: Path, profile: str, amp: str, seed: int, overrides: List[str]) ->
         tail = (out / "train.log").read_text(errors="replace")[-1500:]
         return {"error": f"exit code {rc}", "log_tail": tail, "wall_s": wall}
     m = json.loads(metrics_path.read_text())
-    return {"status": m["status"], "AP": m.get("AP"), "AP50": m.get("AP50"), "train_time_s": m.get("train_time_s"),
+    return {"status": m["status"], "AP": m.get("AP"), "AP50": m.get("AP50"), "precision": m.get("precision"),
+            "train_time_s": m.get("train_time_s"),
             "train_images_per_s": m.get("train_images_per_s"), "device": m.get("device"), "wall_s": wall}
 
 

@@ -70,6 +70,12 @@ KEY_EXCLUDED: Tuple[str, ...] = (
     "data.synthetic.cache_dir",
 )
 
+# Config keys added after stores held runs: left out of the key while they hold this value (their
+# default, how every earlier run ran), so those runs keep their keys and are found and resumed.
+KEY_OMITTED_AT: Dict[str, Any] = {
+    "train.amp_cpu": False,
+}
+
 TOP_LEVEL_KEYS = ("name", "description", "tables", "profile", "base", "seeds", "rows", "grid", "resources",
                   "profiles")
 ROW_KEYS = ("table", "label", "set")
@@ -153,9 +159,11 @@ class Sweep:
 
 def trial_key(cfg: DictConfig | Mapping[str, Any]) -> str:
     """First 12 hex digits of sha256 over the canonical JSON of the resolved config, without
-    :data:`KEY_EXCLUDED`. The typed schema normalizes values first (``gamma: 0`` is 0.0)."""
+    :data:`KEY_EXCLUDED` and the keys of :data:`KEY_OMITTED_AT` at their value there. The typed schema
+    normalizes values first (``gamma: 0`` is 0.0)."""
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    flat = {k: v for k, v in config_lib._flatten(container).items() if k not in KEY_EXCLUDED}
+    flat = {k: v for k, v in config_lib._flatten(container).items()
+            if k not in KEY_EXCLUDED and not (k in KEY_OMITTED_AT and v == KEY_OMITTED_AT[k])}
     canonical = json.dumps(flat, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
 

@@ -49,7 +49,7 @@ from .data import IMAGENET_MEAN, IMAGENET_STD
 from .data.coco import unit_floats
 from .losses import from_config as loss_from_config
 from .model import RESNET_C_CHANNELS, from_config as model_from_config
-from .step import forward, losses as batch_losses, uses_amp, uses_channels_last
+from .step import forward, losses as batch_losses, precision, uses_amp, uses_channels_last
 from .train import StreamBatchSampler, build_datasets, learning_rate, make_loader, resolve_device, val_loader
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H200 SXM, bf16 tensor core, dense (no sparsity)
@@ -563,7 +563,7 @@ def run(args) -> Dict[str, object]:
             "head_norm": cfg.model.head_norm, "anchors_per_location": len(cfg.anchors.aspect_ratios)
             * cfg.anchors.scales_per_octave, "image_size": [cfg.data.min_size, cfg.data.max_size],
             "batch_size": cfg.train.batch_size, "eval_batch_size": cfg.eval.batch_size,
-            "precision": "bf16-autocast" if uses_amp(cfg, device) else "fp32",
+            "precision": precision(cfg, device),
             "ours_channels_last": uses_channels_last(cfg, device),
             "ours_fast_cpu_convs": bool(cfg.model.fast_cpu_convs) and device.type == "cpu",
             "compile_mode": args.compile or None, "num_workers": cfg.data.num_workers,

@@ -16,8 +16,13 @@ from .losses import LossOutput, RetinaLoss
 
 
 def uses_amp(cfg: DictConfig, device: torch.device) -> bool:
-    """bf16 autocast: on CUDA only (``train.amp``)."""
-    return bool(cfg.train.amp) and device.type == "cuda"
+    """bf16 autocast (``train.amp``): on CUDA; on the CPU only with ``train.amp_cpu``."""
+    return bool(cfg.train.amp) and (device.type == "cuda" or (device.type == "cpu" and bool(cfg.train.amp_cpu)))
+
+
+def precision(cfg: DictConfig, device: torch.device) -> str:
+    """What the model computes in: "bf16-autocast" or "fp32"."""
+    return "bf16-autocast" if uses_amp(cfg, device) else "fp32"
 
 
 def uses_channels_last(cfg: DictConfig, device: torch.device) -> bool:

@@ -42,7 +42,7 @@ from .evaluate import evaluate_coco
 from .losses import from_config as loss_from_config
 from .model import RetinaNet, from_config as model_from_config
 from .predict import predict
-from .step import losses as batch_losses, uses_channels_last
+from .step import losses as batch_losses, precision, uses_channels_last
 
 log = logging.getLogger("retina.train")
 
@@ -364,6 +364,7 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
         "num_classes": train_set.num_classes,
         "num_train_images": len(train_set),
         "device": str(device),
+        "precision": precision(cfg, device),
     }
     if ctx.enabled:
         result.update({"world_size": ctx.world_size, "rank": ctx.rank})

@@ -1,9 +1,12 @@
 """benchmarks/amp_parity.py: bf16 and fp32 trainings side by side. On CPU train.amp is ignored, so
-both arms must give the same AP for a seed: what the script reports there checks the script."""
+both arms must give the same AP for a seed: what the script reports there checks the script. With
+train.amp_cpu the bf16 arm computes in bf16 on the CPU."""
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from retina.config import PROJECT_ROOT
 
@@ -20,19 +23,35 @@ def run_script(tmp_path: Path, *args: str, overrides=()):
     return proc, json.loads(proc.stdout)
 
 
+def final_weights(tmp_path: Path, run: str) -> dict:
+    return torch.load(tmp_path / "runs" / run / "checkpoint.pt", weights_only=True)["model"]
+
+
 def test_both_precisions_and_seeds_are_trained_and_compared(tmp_path):
     proc, out = run_script(tmp_path, "--seeds", "0,1", "--parallel", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert set(out["runs"]) == {"bf16", "fp32"} and all(set(r) == {"0", "1"} for r in out["runs"].values())
     for precision, seeds in out["runs"].items():
         for seed, run in seeds.items():
-            assert run["status"] == "finished" and run["device"] == "cpu"
+            assert run["status"] == "finished" and run["device"] == "cpu" and run["precision"] == "fp32"
             config = (tmp_path / "runs" / f"{precision}-s{seed}" / "config.yaml").read_text()
             assert f"amp: {'true' if precision == 'bf16' else 'false'}" in config and f"seed: {seed}" in config
     ap = {p: [out["runs"][p][s]["AP"] for s in ("0", "1")] for p in ("bf16", "fp32")}
     assert ap["bf16"] == ap["fp32"]  # amp is ignored on CPU: the same computation
     assert out["difference_bf16_minus_fp32"] == 0.0 and out["within_noise"] is True
     assert out["noise"] == abs(ap["fp32"][0] - ap["fp32"][1])
+    bf16, fp32 = final_weights(tmp_path, "bf16-s0"), final_weights(tmp_path, "fp32-s0")
+    assert all(torch.equal(bf16[name], fp32[name]) for name in fp32)
+
+
+def test_with_amp_cpu_the_bf16_arm_trains_in_bf16_on_the_cpu(tmp_path):
+    proc, out = run_script(tmp_path, "--seeds", "0", overrides=["train.amp_cpu=true"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out["runs"]["bf16"]["0"]["precision"] == "bf16-autocast"
+    assert out["runs"]["fp32"]["0"]["precision"] == "fp32"
+    bf16, fp32 = final_weights(tmp_path, "bf16-s0"), final_weights(tmp_path, "fp32-s0")
+    differing = [name for name in fp32 if not torch.equal(bf16[name], fp32[name])]
+    assert "cls_subnet.predictor.weight" in differing and "backbone.stem.0.weight" in differing
 
 
 def test_a_failing_run_is_reported_with_its_log_and_exit_code_1(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from orchestrator.__main__ import main
 from orchestrator.sweep import TABLES, load_sweep, sweep_files, trial_key
@@ -105,6 +106,16 @@ def test_trial_key_is_stable_and_ignores_settings_that_cannot_change_results():
     assert trial_key(cfg) == trial_key(same) and len(trial_key(cfg)) == 12
     assert trial_key(cfg) != trial_key(load_config("cpu", overrides=["loss.alpha=0.5"]))
     assert trial_key(cfg) != trial_key(load_config("cpu", overrides=["train.seed=1"]))
+
+
+def test_a_key_added_later_changes_no_earlier_key_at_its_default():
+    """train.amp_cpu came after stores held runs: at its default (false) the key is the one computed
+    without it, so those runs are found and resumed; set, it makes another trial."""
+    cfg = load_config("cpu")
+    before = OmegaConf.to_container(cfg, resolve=True)
+    del before["train"]["amp_cpu"]
+    assert trial_key(cfg) == trial_key(before)
+    assert trial_key(cfg) != trial_key(load_config("cpu", overrides=["train.amp_cpu=true"]))
 
 
 def test_ints_and_floats_and_dotted_and_nested_keys_give_the_same_trial(tmp_path):
