@@ -12,7 +12,13 @@ A run that fails is reported with the end of its log, and the script exits 1.
 On CPU ``train.amp`` is ignored (fp32 either way, both arms agree exactly: a check of the script)
 unless ``train.amp_cpu=true`` is passed: then the bf16 arm runs under CPU autocast, which answers the
 accuracy question without a GPU (slowly: emulated bf16, ~13x the fp32 time on CPUs without
-AVX512-BF16/AMX). On CUDA, e.g. ``--profile gpu train.iterations=1000``.
+AVX512-BF16/AMX). ``model.fast_cpu_convs`` steps aside under autocast, so the script then turns it off
+for both arms: the same convolution algorithms in both, or the comparison would also measure
+Winograd against direct convolution (from scratch, training is chaotic enough that such a change of
+float rounding alone moved single runs' AP by ~0.4). On CUDA, e.g. ``--profile gpu train.iterations=1000``.
+
+Besides the verdict it reports the paired differences (bf16 - fp32 AP of the same seed) and their
+spread: a difference of one sign in every seed is worth a look even where the verdict says noise.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List
+
+from retina.config import ConfigError, load_config
 
 PRECISIONS = {"bf16": "true", "fp32": "false"}
 
@@ -58,8 +66,20 @@ def summarize(runs: Dict[str, Dict[int, Dict[str, object]]]) -> Dict[str, object
     diff = mean["bf16"] - mean["fp32"]
     seeds = min(len(v) for v in ap.values())
     noise = max(max(v) - min(v) for v in ap.values()) if seeds > 1 else None
+    paired = {seed: runs["bf16"][seed]["AP"] - runs["fp32"][seed]["AP"] for seed in runs["bf16"]}
     return {"mean_AP": mean, "difference_bf16_minus_fp32": diff, "noise": noise,
-            "within_noise": (abs(diff) <= noise + 1e-9) if noise is not None else None}
+            "within_noise": (abs(diff) <= noise + 1e-9) if noise is not None else None,
+            "paired_differences": paired,
+            "paired_std": statistics.stdev(paired.values()) if len(paired) > 1 else None}
+
+
+def same_convolutions(profile: str, overrides: List[str]) -> List[str]:
+    """With ``train.amp_cpu`` the fast CPU convolutions step aside in the bf16 arm: off in both arms."""
+    try:
+        cfg = load_config(profile, overrides=overrides)
+    except ConfigError:  # every run will fail with this error, and report it
+        return []
+    return ["model.fast_cpu_convs=false"] if cfg.train.amp_cpu and cfg.model.fast_cpu_convs else []
 
 
 def main(argv=None) -> int:
@@ -72,13 +92,15 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
+    added = same_convolutions(args.profile, args.overrides)
+    overrides = args.overrides + added
     jobs = [(p, seed) for p in PRECISIONS for seed in args.seeds]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.parallel or len(jobs)) as pool:
         futures = {job: pool.submit(train, out / f"{job[0]}-s{job[1]}", args.profile, PRECISIONS[job[0]], job[1],
-                                    args.overrides) for job in jobs}
+                                    overrides) for job in jobs}
         runs = {p: {seed: futures[(p, seed)].result() for seed in args.seeds} for p in PRECISIONS}
-    result = {"profile": args.profile, "overrides": args.overrides, "seeds": args.seeds,
+    result = {"profile": args.profile, "overrides": args.overrides, "added_overrides": added, "seeds": args.seeds,
               "wall_s": time.perf_counter() - start, "runs": runs, **summarize(runs)}
     print(json.dumps(result, indent=2))
     return 1 if any("error" in r for by_seed in runs.values() for r in by_seed.values()) else 0

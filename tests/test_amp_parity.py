@@ -40,6 +40,7 @@ def test_both_precisions_and_seeds_are_trained_and_compared(tmp_path):
     assert ap["bf16"] == ap["fp32"]  # amp is ignored on CPU: the same computation
     assert out["difference_bf16_minus_fp32"] == 0.0 and out["within_noise"] is True
     assert out["noise"] == abs(ap["fp32"][0] - ap["fp32"][1])
+    assert out["paired_differences"] == {"0": 0.0, "1": 0.0} and out["added_overrides"] == []
     bf16, fp32 = final_weights(tmp_path, "bf16-s0"), final_weights(tmp_path, "fp32-s0")
     assert all(torch.equal(bf16[name], fp32[name]) for name in fp32)
 
@@ -49,6 +50,11 @@ def test_with_amp_cpu_the_bf16_arm_trains_in_bf16_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out["runs"]["bf16"]["0"]["precision"] == "bf16-autocast"
     assert out["runs"]["fp32"]["0"]["precision"] == "fp32"
+    # the fast CPU convolutions step aside under autocast: off in both arms, the same algorithms in both
+    assert out["added_overrides"] == ["model.fast_cpu_convs=false"]
+    for run in ("bf16-s0", "fp32-s0"):
+        assert "fast_cpu_convs: false" in (tmp_path / "runs" / run / "config.yaml").read_text()
+    assert out["paired_differences"]["0"] == out["runs"]["bf16"]["0"]["AP"] - out["runs"]["fp32"]["0"]["AP"]
     bf16, fp32 = final_weights(tmp_path, "bf16-s0"), final_weights(tmp_path, "fp32-s0")
     differing = [name for name in fp32 if not torch.equal(bf16[name], fp32[name])]
     assert "cls_subnet.predictor.weight" in differing and "backbone.stem.0.weight" in differing
