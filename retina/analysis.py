@@ -43,7 +43,7 @@ def collect_logits(checkpoint: str | Path, max_images: int = 50) -> Dict[str, to
     cfg = from_container(state["config"])
     device = torch.device("cpu")
     _, val_set = build_datasets(cfg)
-    model = model_from_config(cfg, state["num_classes"])
+    model = model_from_config(cfg, state["num_classes"], load_backbone_weights=False)  # the checkpoint holds them
     model.load_state_dict(state["model"])
     model.eval()
     cfg.data.max_val_images = max_images

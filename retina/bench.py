@@ -48,7 +48,8 @@ from . import config as config_lib
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .data.coco import unit_floats
 from .losses import from_config as loss_from_config
-from .model import RESNET_C_CHANNELS, from_config as model_from_config
+from .backbone import RESNET_C_CHANNELS
+from .model import from_config as model_from_config
 from .step import forward, losses as batch_losses, precision, uses_amp, uses_channels_last
 from .train import StreamBatchSampler, build_datasets, learning_rate, make_loader, resolve_device, val_loader
 

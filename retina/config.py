@@ -26,6 +26,10 @@ PROFILES_DIR = PROJECT_ROOT / "sweeps" / "profiles"
 DEFAULT_PROFILE = "cpu"
 
 
+# model.backbone_norm (retina/backbone.py) and the stages model.freeze_at counts: stem, res2 .. res5.
+BACKBONE_NORMS = ("bn", "frozen_bn", "sync_bn", "group")
+NUM_STAGES = 5
+
 # train.compile: "" = eager, else a torch.compile mode ("reduce-overhead" adds CUDA graphs).
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -43,7 +47,16 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    depth: int = 50  # ResNet depth: 18, 34, 50 or 101 (torchvision, weights=None)
+    depth: int = 50  # ResNet depth: 18, 34, 50 or 101 (torchvision's ResNet)
+    # The backbone's initial weights (retina/backbone_weights.py): "" = random, trained from scratch; a
+    # torchvision weights name of that ResNet (IMAGENET1K_V1, IMAGENET1K_V2), read from torch hub's cache
+    # (downloaded there on first use where there is internet); or a path to a .pth state dict of it.
+    backbone_weights: str = ""
+    # "bn" (trainable BatchNorm), "frozen_bn" (statistics and affine fixed, as the paper and detectron2),
+    # "sync_bn" (BatchNorm synchronized across data-parallel CUDA processes), "group" (GroupNorm(32)).
+    backbone_norm: str = "bn"
+    # detectron2's FREEZE_AT: stages 1 (stem) .. freeze_at get no gradient (0 = none, 2 = stem + res2, 5 = all).
+    freeze_at: int = 0
     fpn_channels: int = 256  # width of P3..P7 and of the subnets
     head_convs: int = 4  # 3x3 convs (+ReLU) in each subnet before its predictor
     head_norm: str = "none"  # "none" (paper) or "group" (GroupNorm(32) in the subnets; a stabilizer)
@@ -151,6 +164,10 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    # Evaluate every N iterations during training as well as at the end (0 = only at the end): AP,
+    # AP50, AP75 on the validation split (its first data.max_val_images) reach on_metrics with the
+    # iteration, an AP curve. Changes nothing in training (out of the trial key, like all of eval).
+    every: int = 0
     score_thresh: float = 0.05
     topk_per_level: int = 1000
     nms_thresh: float = 0.5
@@ -358,6 +375,7 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
             _fail(where, key, value, expected)
 
     need(m.depth in (18, 34, 50, 101), "model.depth", m.depth, "one of 18, 34, 50, 101")
+    _validate_backbone(m, need, check_paths)
     need(m.fpn_channels >= 1, "model.fpn_channels", m.fpn_channels, "a positive integer")
     need(m.head_convs >= 0, "model.head_convs", m.head_convs, "an integer >= 0")
     need(m.head_norm in ("none", "group"), "model.head_norm", m.head_norm, "'none' or 'group'")
@@ -421,11 +439,42 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
     need(t.num_threads >= 0, "train.num_threads", t.num_threads, "an integer >= 0")
     need(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, "an integer >= 0")
+    need(e.every >= 0, "eval.every", e.every, "an integer >= 0 (iterations between evaluations; 0 = at the end only)")
     need(0.0 <= e.score_thresh < 1.0, "eval.score_thresh", e.score_thresh, "a value in [0, 1)")
     need(e.topk_per_level >= 1, "eval.topk_per_level", e.topk_per_level, "an integer >= 1")
     need(0.0 < e.nms_thresh <= 1.0, "eval.nms_thresh", e.nms_thresh, "a value in (0, 1]")
     need(e.max_detections >= 1, "eval.max_detections", e.max_detections, "an integer >= 1")
     need(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer >= 1")
+
+
+def _validate_backbone(m: DictConfig, need, check_paths: bool) -> None:
+    """model.backbone_weights / backbone_norm / freeze_at, and the combinations that cannot work."""
+    from .backbone_weights import TORCHVISION_WEIGHT_NAMES, is_weights_name, resolve
+
+    need(m.backbone_norm in BACKBONE_NORMS, "model.backbone_norm", m.backbone_norm,
+         "one of " + ", ".join(repr(n) for n in BACKBONE_NORMS))
+    need(0 <= m.freeze_at <= NUM_STAGES, "model.freeze_at", m.freeze_at,
+         f"an integer in [0, {NUM_STAGES}] (detectron2's FREEZE_AT: 2 = stem and res2 frozen)")
+    weights = m.backbone_weights
+    if not weights:
+        # a frozen random stem cost Detectron's GroupNorm project 3 AP; frozen BN without trained
+        # statistics is no normalization at all
+        need(m.freeze_at == 0, "model.freeze_at", m.freeze_at,
+             "0 with a randomly initialized backbone (model.backbone_weights=''): freezing random stages "
+             "freezes noise; give pretrained weights or set model.freeze_at=0")
+        need(m.backbone_norm != "frozen_bn", "model.backbone_norm", m.backbone_norm,
+             "'bn', 'sync_bn' or 'group' with a randomly initialized backbone (model.backbone_weights=''): "
+             "frozen BatchNorm needs trained statistics")
+    elif is_weights_name(weights):
+        names = TORCHVISION_WEIGHT_NAMES[m.depth]
+        need(weights in names, "model.backbone_weights", weights,
+             f"a weights name of torchvision's ResNet-{m.depth} ({', '.join(names)}), a path to a state dict "
+             "(.pth), or '' (from scratch)")
+        need(m.backbone_norm != "group", "model.backbone_norm", m.backbone_norm,
+             f"'bn', 'frozen_bn' or 'sync_bn' with torchvision's {weights} (BatchNorm-trained weights); "
+             "'group' needs a GroupNorm ResNet's state dict")
+    elif check_paths:
+        resolve(weights, m.depth)  # the file exists (WeightsError names it otherwise)
 
 
 def to_yaml(cfg: DictConfig) -> str:

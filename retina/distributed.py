@@ -19,12 +19,13 @@ would compute on the same batch of ``train.batch_size`` images (which stays the 
   gradients over the N processes, so the loss is multiplied by N before ``backward`` (the average
   of N partial sums x N = their sum = the single-process gradient). Clipping, weight decay and the
   optimizer then run on identical gradients in every process, which keeps the weights identical.
-* **BatchNorm** (the ResNet backbone's, in training mode): statistics are per process unless they
-  are synchronized. On CUDA the backbone's BatchNorm layers become ``SyncBatchNorm`` (statistics of
-  the whole batch, as one process); torch's SyncBatchNorm does not run on the CPU, so with gloo on
-  CPUs each process normalizes with the statistics of its own share, and the gradient differs from
-  the single process's by that (and only that). The GroupNorm heads (``model.head_norm=group``)
-  do not depend on the batch at all.
+* **BatchNorm** (the ResNet backbone's, in training mode, ``model.backbone_norm=bn``): statistics are
+  per process. With ``model.backbone_norm=sync_bn`` on CUDA the backbone's BatchNorm layers become
+  ``SyncBatchNorm`` (statistics of the whole batch, as one process); torch's SyncBatchNorm does not run
+  on the CPU, so with gloo on CPUs each process normalizes with the statistics of its own share, and
+  the gradient differs from the single process's by that (and only that). Frozen BatchNorm
+  (``frozen_bn``, the paper's) and GroupNorm (``group``, and the heads' ``model.head_norm=group``) do
+  not depend on the batch at all.
 
 Equal means equal up to float rounding: sums over images are taken in a different order
 (per process, then across processes). Metrics (loss, foreground count, images) are summed over
@@ -32,12 +33,15 @@ processes so that every process reports the whole batch's figures.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+log = logging.getLogger("retina.distributed")
 
 
 @dataclass(frozen=True)
@@ -114,15 +118,22 @@ def pad_like_global_batch(batch: Dict, device: torch.device) -> Dict:
     return batch
 
 
-def wrap_model(model: torch.nn.Module, device: torch.device, ctx: Context) -> torch.nn.Module:
-    """DistributedDataParallel around ``model`` (on CUDA after converting BatchNorm to SyncBatchNorm,
-    which keeps the parameter objects and the state_dict keys). ``ctx`` not enabled: ``model``."""
+def wrap_model(model: torch.nn.Module, device: torch.device, ctx: Context,
+               sync_batch_norm: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel around ``model``; with ``sync_batch_norm`` (``model.backbone_norm=sync_bn``)
+    on CUDA, after converting its BatchNorm layers to SyncBatchNorm (which keeps the parameter objects
+    and the state_dict keys). torch has no SyncBatchNorm on CPUs: there each process keeps its own
+    statistics (a warning says so). ``ctx`` not enabled: ``model``."""
     if not ctx.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    if sync_batch_norm and device.type != "cuda":
+        log.warning("model.backbone_norm=sync_bn: torch has no SyncBatchNorm on %s; each of the %d processes "
+                    "normalizes with its own share's statistics", device.type, ctx.world_size)
     if device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if sync_batch_norm:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
     return DistributedDataParallel(model)
 

@@ -19,29 +19,9 @@ from torchvision.ops import batched_nms
 
 from . import cpu_kernels, winograd
 from .anchors import AnchorGenerator
+from .backbone import ResNetBackbone
 from .boxes import decode
 from .fast_conv import applies as fast_convs_apply, use_fast_convs
-
-RESNET_C_CHANNELS = {18: (128, 256, 512), 34: (128, 256, 512), 50: (512, 1024, 2048), 101: (512, 1024, 2048)}
-
-
-class ResNetBackbone(nn.Module):
-    """torchvision ResNet (weights=None: trained from scratch here, nothing is downloaded) -> C3, C4, C5."""
-
-    def __init__(self, depth: int):
-        super().__init__()
-        net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = RESNET_C_CHANNELS[depth]
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        c2 = self.layer1(self.stem(x))
-        c3 = self.layer2(c2)
-        c4 = self.layer3(c3)
-        c5 = self.layer4(c4)
-        return c3, c4, c5
-
 
 class FPN(nn.Module):
     """C3..C5 -> P3..P7, all with ``channels`` channels."""
@@ -166,12 +146,13 @@ def heads_winograd(cls_subnet: Subnet, box_subnet: Subnet,
 class RetinaNet(nn.Module):
     def __init__(self, num_classes: int, depth: int = 50, fpn_channels: int = 256, head_convs: int = 4,
                  head_norm: str = "none", prior_init: bool = True, prior_prob: float = 0.01,
-                 anchor_generator: AnchorGenerator | None = None, fast_cpu_convs: bool = False):
+                 anchor_generator: AnchorGenerator | None = None, fast_cpu_convs: bool = False,
+                 backbone_norm: str = "bn", freeze_at: int = 0, backbone_state_dict=None):
         super().__init__()
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator or AnchorGenerator()
         a = self.anchor_generator.num_anchors_per_location
-        self.backbone = ResNetBackbone(depth)
+        self.backbone = ResNetBackbone(depth, norm=backbone_norm, freeze_at=freeze_at, state_dict=backbone_state_dict)
         self.fpn = FPN(self.backbone.out_channels, fpn_channels)
         self.fast_cpu_convs = fast_cpu_convs
         self._dense_fn = None  # dense through torch.compile (compile_dense), else None: eager
@@ -277,10 +258,19 @@ class RetinaNet(nn.Module):
                 zip(boxes[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts))]
 
 
-def from_config(cfg, num_classes: int) -> RetinaNet:
-    """``cfg``: a RetinaConfig (uses its ``model`` and ``anchors`` sections)."""
+def from_config(cfg, num_classes: int, load_backbone_weights: bool = True) -> RetinaNet:
+    """``cfg``: a RetinaConfig (uses its ``model`` and ``anchors`` sections). The backbone starts from
+    ``model.backbone_weights`` (unless ``load_backbone_weights`` is False: the caller loads a whole
+    checkpoint next); ``model.backbone_source`` is then the ResolvedWeights read, or None (random)."""
     from .anchors import from_config as anchors_from_config
+    from .backbone_weights import load_state_dict, resolve
 
     m = cfg.model
-    return RetinaNet(num_classes, m.depth, m.fpn_channels, m.head_convs, m.head_norm, m.prior_init, m.prior_prob,
-                     anchors_from_config(cfg.anchors), fast_cpu_convs=m.fast_cpu_convs)
+    source = resolve(m.backbone_weights, m.depth) if load_backbone_weights else None
+    model = RetinaNet(num_classes, depth=m.depth, fpn_channels=m.fpn_channels, head_convs=m.head_convs,
+                      head_norm=m.head_norm, prior_init=m.prior_init, prior_prob=m.prior_prob,
+                      anchor_generator=anchors_from_config(cfg.anchors), fast_cpu_convs=m.fast_cpu_convs,
+                      backbone_norm=m.backbone_norm, freeze_at=m.freeze_at,
+                      backbone_state_dict=load_state_dict(source) if source is not None else None)
+    model.backbone_source = source
+    return model

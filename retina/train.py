@@ -49,6 +49,7 @@ log = logging.getLogger("retina.train")
 MetricsCallback = Callable[[Dict[str, float]], None]
 CheckpointCallback = Callable[[str, int], None]
 CHECKPOINT_NAME = "checkpoint.pt"
+EVAL_CURVE_KEYS = ("AP", "AP50", "AP75")  # what an evaluation during training (eval.every) reports
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +141,10 @@ def make_loader(dataset, batch_sampler, cfg: DictConfig, device: torch.device):
         dataset, batch_sampler=batch_sampler, num_workers=workers,
         collate_fn=partial(collate, size_divisibility=cfg.data.size_divisibility),
         pin_memory=device.type == "cuda", persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None)
+        prefetch_factor=4 if workers > 0 else None,
+        # its own generator: a loader's workers are seeded from it, so iterating a loader (an
+        # evaluation during training) never draws from the global RNG that checkpoints hold
+        generator=torch.Generator().manual_seed(0))
 
 
 def val_loader(dataset: CocoDetection, cfg: DictConfig, device: torch.device):
@@ -150,6 +154,20 @@ def val_loader(dataset: CocoDetection, cfg: DictConfig, device: torch.device):
     b = cfg.eval.batch_size
     batches = [list(range(i, min(i + b, n))) for i in range(0, n, b)]
     return make_loader(dataset, batches, cfg, device), dataset.image_ids[:n]
+
+
+def evaluate_model(net: RetinaNet, val_set: CocoDetection, cfg: DictConfig, device: torch.device) -> Dict[str, object]:
+    """pycocotools AP of ``net`` on the validation split (its first ``data.max_val_images``): AP, AP50,
+    AP75, APs, APm, APl (percent), inference_ms, eval_summary, num_val_images, num_detections. Leaves
+    the model in the mode it found it in and touches no random state, so evaluating during training
+    changes nothing in the training that follows."""
+    loader_val, image_ids = val_loader(val_set, cfg, device)
+    detections, inference_ms = predict(net, loader_val, val_set.category_ids, cfg, device)
+    scores = evaluate_coco(val_set.coco, detections, image_ids)
+    out: Dict[str, object] = {k: v for k, v in scores.items() if k != "summary"}
+    out.update({"inference_ms": inference_ms, "eval_summary": scores["summary"], "num_val_images": len(image_ids),
+                "num_detections": len(detections)})
+    return out
 
 
 def _rng_state() -> dict:
@@ -189,6 +207,17 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def describe_backbone_init(cfg: DictConfig, source) -> Dict[str, str]:
+    """What a run's backbone started from, for its record: ``backbone_init`` (one line: the weights and
+    how they are trained) and ``backbone_weights_sha256`` ("" from scratch). ``source``: the
+    ResolvedWeights the model was built from, or None."""
+    m = cfg.model
+    how = f"{m.backbone_norm}, freeze_at {m.freeze_at}"
+    if source is None:
+        return {"backbone_init": f"random (from scratch), {how}", "backbone_weights_sha256": ""}
+    return {"backbone_init": f"{source.describe()}, {how}", "backbone_weights_sha256": source.sha256}
+
+
 # ----------------------------------------------------------------------------------------------
 # fit
 
@@ -213,15 +242,17 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
     Args:
         cfg: a validated RetinaConfig (see :func:`retina.config.load_config`).
         on_metrics: called every ``train.log_every`` iterations with {iteration, loss_cls, loss_box,
-            loss, lr, images_per_s, num_foreground, data_wait_share, elapsed_s, eta_s}, and once at
-            the end with the final metrics.
+            loss, lr, images_per_s, num_foreground, data_wait_share, elapsed_s, eta_s}; every
+            ``eval.every`` iterations (if > 0) with {iteration, AP, AP50, AP75, eval_s} (no "loss");
+            and once at the end with the final metrics (no "iteration").
         on_checkpoint: called with (path, iteration) after each checkpoint is written.
         checkpoint_dir: where to write ``checkpoint.pt`` every ``train.checkpoint_every`` iterations
             and at the end; None: no checkpoints.
         resume_from: a checkpoint to continue from (its iteration, weights, optimizer, RNG).
     Returns:
         metrics: status ("finished" or "diverged"), iterations, diverged_at, AP, AP50, AP75, APs,
-        APm, APl (percent), inference_ms, train_time_s, train_images_per_s, eval_summary, ...
+        APm, APl (percent), inference_ms, train_time_s, train_images_per_s, eval_summary,
+        eval_history (the AP curve: [{iteration, AP, AP50, AP75}], the final evaluation last), ...
 
     In a torch.distributed process group of N processes (:mod:`retina.distributed`), every process
     calls ``fit`` with the same arguments and takes its share of each batch. The callbacks are called
@@ -245,25 +276,28 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
     torch.manual_seed(t.seed)
 
     train_set, val_set = build_datasets(cfg)
-    net: RetinaNet = model_from_config(cfg, train_set.num_classes).to(device)
+    state = load_checkpoint(resume_from, map_location=device) if resume_from else None
+    # resumed: the checkpoint holds every weight, and says which backbone weights the run started from
+    net: RetinaNet = model_from_config(cfg, train_set.num_classes, load_backbone_weights=state is None).to(device)
+    backbone_init = ((state.get("extra") or {}).get("backbone_init") if state is not None else None) \
+        or describe_backbone_init(cfg, net.backbone_source)
     if uses_channels_last(cfg, device):
         net = net.to(memory_format=torch.channels_last)
     if t.compile:
         net.compile_dense(t.compile)
     loss_fn = loss_from_config(cfg.loss)
 
-    state = None
     start_iteration = 0
-    if resume_from:
-        state = load_checkpoint(resume_from, map_location=device)
+    if state is not None:
         net.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         start_iteration = int(state["iteration"])
     # DDP (and SyncBatchNorm on CUDA) when distributed; `net` is the model itself, whose state_dict
     # the checkpoints hold, `model` what the batches go through.
-    model = distributed.wrap_model(net, device, ctx)
+    model = distributed.wrap_model(net, device, ctx, sync_batch_norm=cfg.model.backbone_norm == "sync_bn")
     net = distributed.unwrap(model)
-    optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    trainable = [p for p in net.parameters() if p.requires_grad]  # model.freeze_at: frozen stages are not
+    optimizer = torch.optim.SGD(trainable, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
@@ -282,15 +316,30 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
         if ckpt_path is None:
             return
         if ctx.is_main:
-            save_checkpoint(ckpt_path, net, optimizer, loss_fn, iteration, cfg)
+            save_checkpoint(ckpt_path, net, optimizer, loss_fn, iteration, cfg, extra={"backbone_init": backbone_init})
         if on_checkpoint:
             on_checkpoint(str(ckpt_path), iteration)
+
+    eval_history: List[Dict[str, float]] = []  # the AP curve: one point per eval.every iterations, then the final
+
+    def evaluate_during_training(iteration: int) -> Dict[str, float]:
+        """{iteration, AP, AP50, AP75, eval_s}: rank 0 evaluates, and (data-parallel) every process
+        gets its figures, so the callbacks are called equally often in every process."""
+        start = time.perf_counter()
+        figures = [float("nan")] * len(EVAL_CURVE_KEYS)
+        if ctx.is_main:
+            scores = evaluate_model(net, val_set, cfg, device)
+            figures = [float(scores[k]) for k in EVAL_CURVE_KEYS]
+        if ctx.enabled:
+            figures = distributed.sum_over_processes([f if ctx.is_main else 0.0 for f in figures], device)
+        return {"iteration": iteration, **dict(zip(EVAL_CURVE_KEYS, figures)), "eval_s": time.perf_counter() - start}
 
     model.train()
     status, diverged_at = "finished", None
     window = _Window(start=time.perf_counter())
     train_start = time.perf_counter()
     images_seen = 0
+    eval_time = 0.0  # seconds spent in evaluations during training (eval.every)
     iteration = start_iteration
     wait_start = time.perf_counter()
     for batch in loader:
@@ -321,7 +370,7 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
         # (divided by the global count), so x N makes the average their sum: the whole batch's gradient
         (loss * ctx.world_size if ctx.enabled else loss).backward()
         if t.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip_norm)
         optimizer.step()
         iteration += 1
         images_seen += batch_images
@@ -352,19 +401,28 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
             window = _Window(start=time.perf_counter())
         if t.checkpoint_every and iteration % t.checkpoint_every == 0 and iteration < t.iterations:
             checkpoint(iteration)
+        if cfg.eval.every and iteration % cfg.eval.every == 0 and iteration < t.iterations:
+            point = evaluate_during_training(iteration)
+            eval_history.append(point)
+            eval_time += point["eval_s"]
+            window.start += point["eval_s"]  # the next images_per_s counts training only
+            if on_metrics:
+                on_metrics(point)
         wait_start = time.perf_counter()
 
-    train_time = time.perf_counter() - train_start
+    train_time = time.perf_counter() - train_start - eval_time  # evaluations during training excluded
     result: Dict[str, object] = {
         "status": status,
         "iterations": iteration,
         "diverged_at": diverged_at,
         "train_time_s": train_time,
         "train_images_per_s": images_seen / max(train_time, 1e-9),
+        "eval_during_training_s": eval_time,
         "num_classes": train_set.num_classes,
         "num_train_images": len(train_set),
         "device": str(device),
         "precision": precision(cfg, device),
+        **backbone_init,
     }
     if ctx.enabled:
         result.update({"world_size": ctx.world_size, "rank": ctx.rank})
@@ -376,12 +434,9 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
     else:
         checkpoint(iteration)
         if ctx.is_main:
-            loader_val, image_ids = val_loader(val_set, cfg, device)
-            detections, inference_ms = predict(net, loader_val, val_set.category_ids, cfg, device)
-            scores = evaluate_coco(val_set.coco, detections, image_ids)
-            result.update({k: v for k, v in scores.items() if k != "summary"})
-            result.update({"inference_ms": inference_ms, "eval_summary": scores["summary"],
-                           "num_val_images": len(image_ids), "num_detections": len(detections)})
+            result.update(evaluate_model(net, val_set, cfg, device))
+            eval_history.append({"iteration": iteration, **{k: float(result[k]) for k in EVAL_CURVE_KEYS}})
+    result["eval_history"] = eval_history
     if on_metrics:
         on_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None})
     return result
@@ -398,7 +453,10 @@ def _format_eta(seconds: float) -> str:
 
 def progress_printer(total: int, stream=sys.stderr) -> MetricsCallback:
     def show(m: Dict[str, float]) -> None:
-        if "iteration" in m and "loss" in m:
+        if "iteration" in m and "AP" in m:  # an evaluation during training (eval.every)
+            print(f"it {int(m['iteration']):>6}/{total} | eval: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} "
+                  f"AP75 {m['AP75']:.2f} ({m['eval_s']:.1f} s)", file=stream, flush=True)
+        elif "iteration" in m and "loss" in m:
             print(f"it {int(m['iteration']):>6}/{total} | loss {m['loss']:.4f} (cls {m['loss_cls']:.4f} "
                   f"box {m['loss_box']:.4f}) | lr {m['lr']:.5f} | {m['images_per_s']:.1f} img/s | "
                   f"ETA {_format_eta(m['eta_s'])}", file=stream, flush=True)

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# Nothing in the tests may download (retina/backbone_weights.py: torchvision weights come from the cache
+# or not at all); the subprocesses the tests start inherit this.
+os.environ["RETINA_OFFLINE"] = "1"
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RETINA_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 

@@ -12,7 +12,7 @@ Equal does not cover the backbone's BatchNorm in training mode: torch's SyncBatc
 on the CPU, so with gloo each process would normalize with its own share's statistics. The test
 therefore replaces the backbone's BatchNorm layers by ones that always use their running statistics
 (as in eval mode; weight and bias still train), which is what makes the gradients comparable. On
-CUDA, fit converts them to SyncBatchNorm instead (not run here: no GPU).
+CUDA, ``model.backbone_norm=sync_bn`` converts them to SyncBatchNorm instead (not run here: no GPU).
 """
 from __future__ import annotations
 

@@ -141,3 +141,24 @@ def test_short_training_on_bccd_beats_an_untrained_model(bccd, tmp_path):
     trained = fit(load_config("cpu", overrides=base + ["train.iterations=100", "train.lr=0.01"]))
     assert trained["status"] == "finished"
     assert trained["AP50"] >= untrained["AP50"] + 10.0, (untrained["AP50"], trained["AP50"])
+
+
+def test_evaluation_during_training_reports_an_ap_curve_and_changes_no_weight(tmp_path):
+    """eval.every: AP, AP50, AP75 reach on_metrics at iterations 2 and 4 (and the final evaluation ends
+    the curve), and the trained weights are the same, to the bit, as without the evaluations."""
+    cfg = tiny_config(tmp_path, "train.iterations=6", "train.checkpoint_every=0")
+    plain = fit(cfg, checkpoint_dir=str(tmp_path / "plain"))
+    seen = []
+    curved = fit(load_config("cpu", overrides=TINY + [f"data.synthetic.cache_dir={tmp_path / 'synthetic'}",
+                                                     "train.iterations=6", "train.checkpoint_every=0",
+                                                     "eval.every=2"]),
+                 on_metrics=seen.append, checkpoint_dir=str(tmp_path / "curved"))
+    points = [m for m in seen if "AP" in m and "iteration" in m]
+    assert [int(m["iteration"]) for m in points] == [2, 4]
+    assert all({"AP50", "AP75", "eval_s"} <= set(m) and "loss" not in m for m in points)
+    assert [p["iteration"] for p in curved["eval_history"]] == [2, 4, 6]
+    assert curved["eval_history"][-1]["AP"] == curved["AP"] and plain["eval_history"][-1]["AP"] == plain["AP"]
+    assert curved["AP"] == plain["AP"]
+    a = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "curved" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
