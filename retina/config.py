@@ -408,7 +408,8 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
     s = d.synthetic
     need(s.num_train >= 1 and s.num_val >= 1, "data.synthetic.num_train", s.num_train, "an integer >= 1")
     need(s.image_size >= 32, "data.synthetic.image_size", s.image_size, "an integer >= 32")
-    need(1 <= s.num_classes <= 6, "data.synthetic.num_classes", s.num_classes, "an integer in [1, 6]")
+    need(1 <= s.num_classes <= 48, "data.synthetic.num_classes", s.num_classes,
+         "an integer in [1, 48] (6 shapes x 8 colour families)")
     need(0 <= s.min_objects <= s.max_objects, "data.synthetic.max_objects", s.max_objects,
          f"an integer >= data.synthetic.min_objects={s.min_objects}")
     need(0 < s.min_object_size <= s.max_object_size <= s.image_size, "data.synthetic.max_object_size",

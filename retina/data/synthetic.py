@@ -2,7 +2,10 @@
 
 It is built so that the focal-loss paper's phenomena can show at small scale:
 
-* classes are filled shapes told apart by shape alone (every instance gets a random colour);
+* classes are filled shapes told apart by shape alone (every instance gets a random colour); beyond
+  the six shapes (``num_classes`` up to 48) a class is a shape in one of eight colour families
+  (class k: shape k % 6, colour family k // 6), so that the negative sigmoid logits per anchor grow
+  with the number of classes as COCO's 80 do;
 * object sizes are log-uniform over several octaves (12..96 px by default: three), aspect ratios
   (height / width) log-uniform in [1/2, 2], so every pyramid level and anchor shape has work;
 * a few objects per image on a textured, noisy background, so almost every anchor is background;
@@ -50,6 +53,14 @@ DEFAULT_CACHE_DIR = PROJECT_ROOT / ".cache" / "synthetic"
 
 # Class k (category id k + 1) is SHAPES[k]; a dataset with num_classes = n uses the first n.
 SHAPES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle", "cross", "diamond", "ring")
+
+# Colour families of the classes beyond the six shapes: hue in degrees (HSV), one per block of six classes.
+COLOUR_FAMILIES: Tuple[Tuple[str, float], ...] = (
+    ("red", 0.0), ("orange", 30.0), ("yellow", 60.0), ("green", 120.0), ("cyan", 180.0), ("blue", 225.0),
+    ("purple", 275.0), ("magenta", 320.0),
+)
+MAX_CLASSES = len(SHAPES) * len(COLOUR_FAMILIES)
+_HUE_JITTER = 8.0  # degrees either side of a family's hue
 
 # Object-like shapes that are never a class. The shapes of classes not in use join them.
 HARD_SHAPES: Tuple[str, ...] = (
@@ -107,7 +118,7 @@ class _Settings:
             if not cond:
                 raise ValueError(f"synthetic data: {key}={value!r} is out of range; expected {expected}")
 
-        need(1 <= self.num_classes <= len(SHAPES), "num_classes", self.num_classes, f"1..{len(SHAPES)}")
+        need(1 <= self.num_classes <= MAX_CLASSES, "num_classes", self.num_classes, f"1..{MAX_CLASSES}")
         need(self.image_size >= 16, "image_size", self.image_size, "an integer >= 16")
         need(0 <= self.min_objects <= self.max_objects, "max_objects", self.max_objects,
              f"an integer >= min_objects={self.min_objects}")
@@ -214,6 +225,32 @@ def _random_colour(rng: np.random.Generator, background: np.ndarray) -> Colour:
     return int(c[0]), int(c[1]), int(c[2])
 
 
+def _family_colour(rng: np.random.Generator, family: int, background: np.ndarray) -> Colour:
+    """A colour of colour family ``family`` (its hue +- _HUE_JITTER, saturated and bright), far enough
+    from the background's mean colour to be seen."""
+    import colorsys
+
+    hue = COLOUR_FAMILIES[family][1]
+    for _ in range(100):
+        h = ((hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 360.0) / 360.0
+        rgb = np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.65, 1.0), rng.uniform(0.6, 1.0))) * 255.0
+        if np.linalg.norm(rgb - background) >= _MIN_CONTRAST:
+            break
+    return int(round(rgb[0])), int(round(rgb[1])), int(round(rgb[2]))
+
+
+def class_shape(label: int) -> str:
+    """The shape of class ``label`` (0-based): the six shapes, repeated per colour family."""
+    return SHAPES[label % len(SHAPES)]
+
+
+def class_name(label: int, num_classes: int) -> str:
+    """COCO category name of class ``label``: its shape, and its colour family beyond six classes."""
+    if num_classes <= len(SHAPES):
+        return SHAPES[label]
+    return f"{COLOUR_FAMILIES[label // len(SHAPES)][0]} {class_shape(label)}"
+
+
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """(size, size, 3) float32: a mid-tone colour, low-frequency texture and smooth blobs."""
     base = rng.uniform(50, 205, size=3).astype(np.float32)
@@ -266,7 +303,7 @@ def _render(rng: np.random.Generator, s: _Settings) -> Tuple[np.ndarray, List[Tu
                 break
         # An object that found no place is left out (rare: only with many large objects).
 
-    hard_pool = HARD_SHAPES + SHAPES[s.num_classes:]
+    hard_pool = HARD_SHAPES + SHAPES[s.num_classes:]  # beyond six classes every shape is some class's
     hard: List[Tuple[Box, str]] = []
     for _ in range(s.hard_distractors):
         w, h = _sample_extent(rng, s)
@@ -290,7 +327,9 @@ def _render(rng: np.random.Generator, s: _Settings) -> Tuple[np.ndarray, List[Tu
     for box, kind in hard:
         _draw_shape(draw, kind, box, _random_colour(rng, mean))
     for box, label in objects:
-        _draw_shape(draw, SHAPES[label], box, _random_colour(rng, mean))
+        colour = (_random_colour(rng, mean) if s.num_classes <= len(SHAPES)
+                  else _family_colour(rng, label // len(SHAPES), mean))
+        _draw_shape(draw, class_shape(label), box, colour)
     noise = rng.standard_normal(size=(s.image_size, s.image_size, 3), dtype=np.float32)
     noisy = np.asarray(pil, dtype=np.float32) + (_PIXEL_NOISE * noise + 0.5)  # + 0.5: astype truncates
     return noisy.clip(0, 255).astype(np.uint8), objects
@@ -350,7 +389,8 @@ def _write_split(s: _Settings, split: str, out: Path) -> None:
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(s.num_classes)],
+        "categories": [{"id": k + 1, "name": class_name(k, s.num_classes), "supercategory": "shape"}
+                       for k in range(s.num_classes)],
     }
     (out / "instances.json").write_text(json.dumps(dataset))
 

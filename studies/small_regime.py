@@ -1,0 +1,248 @@
+"""The small-regime calibration study: in which small setting do the paper's Table 1 claims show?
+
+Each *setting* is a set of config overrides over a profile (a lever of ``docs/small_regime.md``:
+canvas, objects, clutter, classes, pre-trained backbone, normalizer, schedule, learning rate); each
+*pair* is the decisive comparison of one table:
+
+* ``1b``: CE alpha .75 (gamma 0) against FL gamma 2 alpha .25;
+* ``1c``: FL with 1 scale x 1 ratio against 3 scales x 3 ratios;
+* ``1d``: the paper's best OHEM row (batch 128, NMS .5) against FL;
+
+run for several seeds (``train.seed`` and ``data.synthetic.seed`` together) with AP curves
+(``eval.every``). Every run is a ``python -m retina.train`` of its own (one thread, ``--jobs`` at a
+time), kept under ``.cache/study/<key>/``, and recorded, with its settings and figures, in
+``docs/small_regime_runs.jsonl`` (committed). A run already recorded is not run again.
+
+    python studies/small_regime.py list
+    python studies/small_regime.py run SETTING [SETTING ...] [--pairs 1b,1c,1d] [--seeds 0,1,2] [--jobs 2]
+    python studies/small_regime.py table          # docs/small_regime.md from the records
+
+The table's verdict per pair and setting: B beats A where the mean difference exceeds twice its
+standard error (pooled seed standard deviation, n seeds per arm), the reverse where it is below
+minus that, inconclusive in between, "single seed" with one seed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "docs" / "small_regime_runs.jsonl"
+TABLE = ROOT / "docs" / "small_regime.md"
+RUNS_DIR = ROOT / ".cache" / "study"
+
+CE = ["loss.kind=focal", "loss.gamma=0.0", "loss.alpha=0.75"]
+FL = ["loss.kind=focal", "loss.gamma=2.0", "loss.alpha=0.25"]
+PAIRS: Dict[str, Tuple[str, List[str], str, List[str], str]] = {
+    # pair: (name of A, overrides of A, name of B, overrides of B, the paper's claim: B beats A)
+    "1b": ("CE a.75", CE, "FL g2 a.25", FL, "FL gamma 2 beats the best CE"),
+    "1c": ("1x1 anchors", FL + ["anchors.scales_per_octave=1", "anchors.aspect_ratios=[1.0]"],
+           "3x3 anchors", FL + ["anchors.scales_per_octave=3", "anchors.aspect_ratios=[0.5,1.0,2.0]"],
+           "3 scales x 3 ratios beat one square anchor"),
+    "1d": ("OHEM 128/.5", ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", "loss.ohem_batch_size=128",
+                           "loss.ohem_nms=0.5"],
+           "FL", FL, "FL beats the best OHEM"),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    description: str
+    overrides: Tuple[str, ...]
+    profile: str = "cpu"
+
+
+# Every setting tried, in the order they were tried. Overrides are over the profile (cpu: ResNet-18-FPN-64
+# from scratch, 96 px, 2-5 objects of 12-96 px, 3 classes, 240 x 8 images, lr .02, clip 5).
+SETTINGS: Dict[str, Setting] = {
+    "base": Setting("the cpu profile as it was (96 px, 3 classes, 2-5 objects)", ()),
+    "classes6": Setting("6 classes (all the shapes)", ("data.synthetic.num_classes=6",)),
+    "classes24": Setting("24 classes (6 shapes x 4 colour families)", ("data.synthetic.num_classes=24",)),
+    "classes48": Setting("48 classes (6 shapes x 8 colour families)", ("data.synthetic.num_classes=48",)),
+    "sparse": Setting("1-2 objects of 12-48 px (fewer, smaller positives)",
+                      ("data.synthetic.min_objects=1", "data.synthetic.max_objects=2",
+                       "data.synthetic.max_object_size=48.0")),
+    "clutter": Setting("16 easy distractors (default 6)", ("data.synthetic.easy_distractors=16",)),
+    "ema": Setting("loss normalizer: EMA of the foreground count, momentum .9 (detectron2)",
+                   ("loss.normalizer_momentum=0.9",)),
+    "lr01": Setting("lr .01 (default .02)", ("train.lr=0.01",)),
+    "lr04": Setting("lr .04 (default .02)", ("train.lr=0.04",)),
+}
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def read_records() -> List[dict]:
+    if not RECORDS.is_file():
+        return []
+    return [json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()]
+
+
+def run_key(profile: str, overrides: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps([profile, sorted(overrides)]).encode()).hexdigest()[:12]
+
+
+def planned_runs(names: Sequence[str], pairs: Sequence[str], seeds: Sequence[int]) -> List[dict]:
+    runs = []
+    for name in names:
+        setting = SETTINGS[name]
+        for pair in pairs:
+            a_name, a, b_name, b, _ = PAIRS[pair]
+            for arm, arm_overrides in ((a_name, a), (b_name, b)):
+                for seed in seeds:
+                    overrides = list(setting.overrides) + arm_overrides + [f"train.seed={seed}",
+                                                                           f"data.synthetic.seed={seed}"]
+                    runs.append({"setting": name, "pair": pair, "arm": arm, "seed": seed,
+                                 "profile": setting.profile, "overrides": overrides,
+                                 "key": run_key(setting.profile, overrides)})
+    return runs
+
+
+def _iterations(profile: str, overrides: Sequence[str]) -> int:
+    from retina.config import load_config
+
+    return int(load_config(profile, overrides=list(overrides)).train.iterations)
+
+
+def run_one(run: dict, eval_points: int) -> dict:
+    out = RUNS_DIR / run["key"]
+    iterations = _iterations(run["profile"], run["overrides"])
+    every = max(1, iterations // eval_points)
+    args = [sys.executable, "-m", "retina.train", "--profile", run["profile"], *run["overrides"],
+            "train.num_threads=1", f"eval.every={every}", f"output_dir={out}"]
+    start = time.time()
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{run['setting']} {run['arm']} seed {run['seed']}: exit {proc.returncode}: "
+                           f"{proc.stderr[-1500:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {**run, "status": metrics["status"], "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
+            "curve": [[p["iteration"], round(p["AP"], 3)] for p in metrics.get("eval_history", [])],
+            "iterations": metrics["iterations"], "train_time_s": round(metrics["train_time_s"], 1),
+            "wall_s": round(wall, 1), "code": code_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def cmd_run(args) -> int:
+    names = args.settings
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        print(f"error: unknown setting(s) {', '.join(unknown)}; see `list`", file=sys.stderr)
+        return 2
+    pairs = args.pairs.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    done = {r["key"] for r in read_records()}
+    todo = [r for r in planned_runs(names, pairs, seeds) if r["key"] not in done]
+    print(f"{len(todo)} runs to do ({args.jobs} at a time)", flush=True)
+    RECORDS.parent.mkdir(parents=True, exist_ok=True)
+
+    def one(run: dict) -> None:
+        record = run_one(run, args.eval_points)
+        with open(RECORDS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"{record['setting']:>12} {record['pair']} {record['arm']:>12} seed {record['seed']}: AP "
+              f"{record['AP']:.2f}  curve {record['curve']}  ({record['wall_s']:.0f} s)", flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for future in [pool.submit(one, r) for r in todo]:
+            future.result()
+    return cmd_table(args)
+
+
+def _verdict(a: List[float], b: List[float], pooled_sd: Optional[float]) -> Tuple[str, str]:
+    diff = statistics.mean(b) - statistics.mean(a)
+    if len(a) < 2 and len(b) < 2:
+        return "single seed", f"{diff:+.2f}"
+    se = pooled_sd * math.sqrt(1 / len(a) + 1 / len(b))
+    mark = "holds" if diff > 2 * se else "reversed" if diff < -2 * se else "inconclusive"
+    return mark, f"{diff:+.2f} ± {se:.2f}"
+
+
+def _pooled_sd(groups: List[List[float]]) -> Optional[float]:
+    num = sum((len(g) - 1) * statistics.variance(g) for g in groups if len(g) > 1)
+    dof = sum(len(g) - 1 for g in groups if len(g) > 1)
+    return math.sqrt(num / dof) if dof else None
+
+
+def cmd_table(args=None) -> int:
+    records = read_records()
+    by: Dict[Tuple[str, str], Dict[str, List[dict]]] = {}
+    for r in records:
+        by.setdefault((r["setting"], r["pair"]), {}).setdefault(r["arm"], []).append(r)
+    lines = ["# The small-regime study: every setting tried", "",
+             "Generated by `python studies/small_regime.py table` from `docs/small_regime_runs.jsonl`; do not edit.",
+             "Each row: one setting (overrides over its profile) and one decisive pair of a table, A against B, "
+             "each arm over the seeds listed (`train.seed` = `data.synthetic.seed` = seed). The claim is "
+             "\"B beats A\". Verdict: holds where mean(B) - mean(A) > 2 standard errors (pooled seed "
+             "standard deviation of the two arms), reversed below -2, inconclusive between, single seed "
+             "with one seed. AP in percent on the validation split (pycocotools). Curves: AP at the "
+             "evaluated iterations, seed 0.", "",
+             "| setting | overrides | pair | A | AP A | B | AP B | B - A | verdict | curve A (seed 0) | curve B (seed 0) | s/run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    order = list(SETTINGS)
+    for (setting, pair), arms in sorted(by.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order
+                                                                    else len(order), kv[0][1])):
+        a_name, _, b_name, _, _ = PAIRS[pair]
+        a, b = arms.get(a_name, []), arms.get(b_name, [])
+        if not a or not b:
+            continue
+        ap_a, ap_b = [r["AP"] for r in a], [r["AP"] for r in b]
+        mark, diff = _verdict(ap_a, ap_b, _pooled_sd([ap_a, ap_b]))
+
+        def stat(v: List[float]) -> str:
+            return f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "") + \
+                f" (n={len(v)})"
+
+        def curve(rs: List[dict]) -> str:
+            first = sorted(rs, key=lambda r: r["seed"])[0]
+            return " / ".join(f"{ap:.1f}" for _, ap in first["curve"]) + f" @ {first['curve'][0][0]}.."
+
+        setting_def = SETTINGS.get(setting)
+        over = "; ".join(setting_def.overrides) if setting_def else "?"
+        seconds = statistics.mean(r["wall_s"] for r in a + b)
+        lines.append(f"| {setting} | {over or '(none)'} | {pair} | {a_name} | {stat(ap_a)} | {b_name} | {stat(ap_b)} "
+                     f"| {diff} | {mark} | {curve(a)} | {curve(b)} | {seconds:.0f} |")
+    lines += ["", "Settings:", ""] + [f"- `{name}`: {s.description}" + (f" (profile {s.profile})" if s.profile != "cpu"
+                                                                         else "") for name, s in SETTINGS.items()]
+    TABLE.write_text("\n".join(lines) + "\n")
+    print(f"wrote {TABLE} ({len(records)} runs)")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python studies/small_regime.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list").set_defaults(func=lambda a: print("\n".join(f"{k}: {v.description} {list(v.overrides)}"
+                                                                       for k, v in SETTINGS.items())) or 0)
+    p = sub.add_parser("run")
+    p.add_argument("settings", nargs="+")
+    p.add_argument("--pairs", default="1b")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--eval-points", type=int, default=4, help="evaluations per run (the last at the end)")
+    p.set_defaults(func=cmd_run)
+    sub.add_parser("table").set_defaults(func=cmd_table)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONPATH", str(ROOT))
+    sys.exit(main())
