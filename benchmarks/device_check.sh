@@ -8,7 +8,7 @@
 #   bash benchmarks/device_check.sh [PART ...]     PART: bench, sweep, amp, compile
 #                                                  (default: bench sweep amp compile)
 #
-# bench    python -m retina.bench --device cuda --compile '': ours eager vs torchvision's RetinaNet
+# bench    python benchmarks/bench.py --device cuda --compile '': ours eager vs torchvision's RetinaNet
 #          (NCHW and channels_last), ResNet-50-FPN, 600 px synthetic, 16 images, bf16; top ops per
 #          step; the data loader's own rate. Limit BENCH_LIMIT_S (150)          -> $OUT/bench.json
 # sweep    benchmarks/gpu_sweep.sh: the 13 alpha/gamma trials on the gpu profile, 4 sharing the GPU;
@@ -17,7 +17,7 @@
 # amp      benchmarks/amp_parity.py: gpu profile, 2 seeds x {bf16, fp32}, AMP_ITERATIONS (300); given
 #          with sweep, its four runs share the GPU with the sweep's trials, started together (so the
 #          sweep's time is an upper bound of its own). Limit AMP_LIMIT_S (330)  -> $OUT/amp_parity.json
-# compile  python -m retina.bench --device cuda --compile default: the bench again with ours through
+# compile  python benchmarks/bench.py --device cuda --compile default: the bench again with ours through
 #          torch.compile added (inductor's first compile takes minutes: last, with what is left of
 #          the budget, skipped under 90 s)                                    -> $OUT/bench_compiled.json
 #
@@ -65,7 +65,7 @@ finish() {  # finish PART RC START
 
 bench() {  # bench OUTFILE LIMIT COMPILE_MODE
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of words
-  timeout --kill-after=20 "$2" "$PY" -m retina.bench --device cuda --compile "$3" ${BENCH_ARGS:-} > "$1"
+  timeout --kill-after=20 "$2" "$PY" benchmarks/bench.py --device cuda --compile "$3" ${BENCH_ARGS:-} > "$1"
   local rc=$?
   cat "$1"
   return $rc

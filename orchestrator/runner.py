@@ -43,9 +43,9 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 import ray
 from ray import tune
 
-from retina.config import PROJECT_ROOT
+from retina.paths import PACKAGE_DIR as RETINA_DIR, working_dir
 
-DEFAULT_STORAGE = PROJECT_ROOT / "runs" / "ray"
+ORCHESTRATOR_DIR = Path(__file__).resolve().parent
 CHECKPOINT_META = "trial_checkpoint.json"  # beside checkpoint.pt: {"iteration", "trial_key"}
 TEXT_RESULT_KEYS = ("status", "eval_summary", "device")
 DATA_PARALLEL_DRIVER_MEMORY = 256 * 2**20  # bytes the Tune trial of a data-parallel trial reserves
@@ -82,7 +82,7 @@ def _checkpoint_at(uri: str) -> Any:
 def _device_name(cfg) -> str:
     import torch
 
-    from retina.train import resolve_device
+    from retina.engine.trainer import resolve_device
 
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
@@ -384,8 +384,12 @@ def check_address(address: Optional[str], timeout_s: float = 3.0) -> Optional[st
     return address
 
 
-_EXCLUDES = [".git", ".cache", "runs", "mlruns", "mlflow.db", "results", "outputs", "*.egg-info", ".pytest_cache",
-             "__pycache__", ".devbundle"]
+def default_storage() -> Path:
+    """Checkpoints and Tune's experiment state: ``runs/ray`` in the working directory."""
+    return working_dir("runs", "ray")
+
+
+_EXCLUDES = ["__pycache__", "*.pyc"]  # left out of the packages shipped to a cluster's workers
 
 
 def start_ray(address: Optional[str], verbose: bool = False) -> Cluster:
@@ -396,15 +400,16 @@ def start_ray(address: Optional[str], verbose: bool = False) -> Cluster:
         common = dict(logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose,
                       include_dashboard=False, configure_logging=True)
         if address:
-            # Workers elsewhere need the code: ship the project (data, runs and stores excluded) unless
-            # it is installed on every node. Local workers find it on PYTHONPATH.
-            runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": _EXCLUDES}
+            # Workers elsewhere need the code: ship the two packages (with their profiles and sweep
+            # files) as Ray py_modules, whether they run from a checkout or are installed here. Local
+            # workers find them on PYTHONPATH.
+            runtime_env = {"py_modules": [str(RETINA_DIR), str(ORCHESTRATOR_DIR)], "excludes": _EXCLUDES}
             try:
                 ray.init(address=address, runtime_env=runtime_env, **common)
             except Exception as e:  # noqa: BLE001 - reachable but refused: auth, version mismatch, ...
                 raise RunnerError(_connect_error(address, e)) from None
         else:
-            path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+            path = os.pathsep.join(p for p in (str(RETINA_DIR.parent), os.environ.get("PYTHONPATH", "")) if p)
             # address="local": a new Ray of our own, even if `ray start` left one running here.
             ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": path}}, **common)
         started = True

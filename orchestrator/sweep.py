@@ -229,17 +229,35 @@ class _Row:
     scaled: Dict[str, Tuple[Any, Any]]
 
 
+SWEEPS_DIR = Path(__file__).resolve().parent / "sweeps"  # the shipped sweep files (package data)
+
+
+def find_sweep(arg: str | Path) -> Path:
+    """The sweep file ``arg`` names: the file itself if it exists, else the shipped sweep of that name
+    (``sweeps/alpha_gamma.yaml``, ``alpha_gamma.yaml`` and ``alpha_gamma`` all name
+    ``orchestrator/sweeps/alpha_gamma.yaml``), so the shipped sweeps run from any folder."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    shipped = SWEEPS_DIR / f"{path.name[:-5] if path.name.endswith('.yaml') else path.name}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(p.stem for p in sweep_files(SWEEPS_DIR))
+    raise ConfigError(f"{arg}: file not found, and no shipped sweep has that name; expected a sweep file or one of "
+                      f"{names}")
+
+
 def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Sequence[str] = (),
                check_paths: bool = False) -> Sweep:
     """Read, validate and expand a sweep file; every mistake is a one-line :class:`ConfigError`.
 
     Args:
-        path: the sweep YAML.
+        path: the sweep YAML, or the name of a shipped sweep (:func:`find_sweep`).
         profile: overrides the file's ``profile`` (e.g. ``--profile gpu``).
         overrides: command-line ``key=value`` settings merged over every row.
         check_paths: also require that configured dataset files exist (COCO sources).
     """
-    path = Path(path)
+    path = find_sweep(path)
     where = str(path)
     data = config_lib.read_yaml(path)
     if not data:

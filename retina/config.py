@@ -2,7 +2,7 @@
 
 The dataclass defaults are the paper's recipe (ResNet-50-FPN, 600 px, 16 images per iteration,
 lr 0.01, 90k iterations, FL gamma 2 alpha .25, 3 scales x 3 ratios); the profiles in
-``sweeps/profiles/`` (``cpu`` default, ``gpu``, ``paper``) override what a smaller machine needs.
+``retina/profiles/`` (``cpu`` default, ``gpu``, ``paper``) override what a smaller machine needs.
 
 A config is an OmegaConf structured config: unknown keys and wrong types are refused. ``load_config``
 merges profile, YAML files and ``key=value`` overrides and validates ranges; every mistake a user can
@@ -21,8 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROFILES_DIR = PROJECT_ROOT / "sweeps" / "profiles"
+from .paths import PROFILES_DIR
 DEFAULT_PROFILE = "cpu"
 
 
@@ -121,7 +120,7 @@ class SyntheticConfig:
     max_object_size: float = 96.0  # largest; 12..96 spans three octaves
     easy_distractors: int = 6  # clutter unlike any object: specks, stripes, blurs
     hard_distractors: int = 2  # object-like clutter: outlines and shapes of no class
-    cache_dir: str = ""  # "" = <project>/.cache/synthetic
+    cache_dir: str = ""  # "" = the user cache folder's synthetic/ (retina/paths.py)
 
 
 @dataclass
@@ -450,7 +449,7 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
 
 def _validate_backbone(m: DictConfig, need, check_paths: bool) -> None:
     """model.backbone_weights / backbone_norm / freeze_at, and the combinations that cannot work."""
-    from .backbone_weights import TORCHVISION_WEIGHT_NAMES, is_weights_name, resolve
+    from .modeling.backbone_weights import TORCHVISION_WEIGHT_NAMES, is_weights_name, resolve
 
     need(m.backbone_norm in BACKBONE_NORMS, "model.backbone_norm", m.backbone_norm,
          "one of " + ", ".join(repr(n) for n in BACKBONE_NORMS))

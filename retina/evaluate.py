@@ -1,58 +1,105 @@
-"""COCO box evaluation: pycocotools' COCOeval, quietly, with its numbers in percent."""
+"""``python -m retina.evaluate CHECKPOINT [key=value ...]``: score a checkpoint on its validation split.
+
+    python -m retina.evaluate runs/x/checkpoint.pt                      # as the run itself evaluated
+    python -m retina.evaluate runs/x/checkpoint.pt eval.score_thresh=0.01 data.max_val_images=50
+
+The config is the one stored in the checkpoint; only what does not change the model may be overridden
+(:data:`EVAL_OVERRIDABLE`: the ``eval.*`` settings, which validation images, the device and threads).
+The training split is never loaded. Prints the COCO summary and a JSON line, and writes the same
+metrics as training (AP, AP50, AP75, APs, APm, APl, inference_ms, eval_summary, num_val_images,
+num_detections, with the checkpoint's iteration) to ``--out`` (default: ``eval_metrics.json`` beside
+the checkpoint). Bad input: one line on stderr, exit code 2, nothing written.
+"""
 from __future__ import annotations
 
-import contextlib
-import io
-import math
-from typing import Any, Dict, List, Optional, Sequence
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from . import config as config_lib
 
-# COCOeval.stats[0:6], in order
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Keys an evaluation may change: they decide how the model is scored, never what it is.
+EVAL_OVERRIDABLE = ("eval.", "data.max_val_images", "data.num_workers", "train.device", "train.num_threads")
 
 
-def evaluate_coco(coco_gt: COCO, results: List[Dict[str, Any]],
-                  image_ids: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-    """Box AP of ``results`` against ``coco_gt``.
+def checkpoint_config(state: dict, overrides: Sequence[str] = ()):
+    """The validated config stored in a checkpoint, with evaluation ``overrides`` (key=value) applied;
+    any other key is a one-line ConfigError."""
+    overrides = list(overrides)
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in EVAL_OVERRIDABLE):
+            raise config_lib.ConfigError(
+                f"command line: {key} cannot change when a checkpoint is evaluated (the model is trained already); "
+                f"expected eval.* , data.max_val_images, data.num_workers, train.device or train.num_threads")
+    cfg = config_lib.from_container(state["config"])
+    if overrides:
+        cfg = config_lib.merge_into(cfg, config_lib.parse_dotlist(overrides), "command line")
+        config_lib.validate(cfg, where="command line")
+    return cfg
 
-    results: COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in
-    original-image pixels (see ``retina.data.to_coco_results``); they are not modified.
-    image_ids: evaluate on these images only (default: every image of ``coco_gt``).
-    Returns ``AP, AP50, AP75, APs, APm, APl`` in percent (NaN where no ground truth has that size)
-    and ``summary``, the text COCOeval.summarize() prints. No results: every AP is 0.
-    """
-    gt_ids = set(coco_gt.getImgIds())
-    if image_ids is not None:
-        unknown = sorted(set(image_ids) - gt_ids)
-        if unknown:
-            raise ValueError(f"evaluate_coco: image_ids {unknown[:5]} are not in the ground truth")
-        wanted = set(image_ids)
-        results = [r for r in results if r["image_id"] in wanted]
-    stray = sorted({r["image_id"] for r in results} - gt_ids)
-    if stray:
-        raise ValueError(f"evaluate_coco: results for image ids {stray[:5]} that are not in the ground truth")
-    if not results:  # loadRes cannot take an empty list
-        metrics: Dict[str, Any] = {key: 0.0 for key in AP_KEYS}
-        metrics["summary"] = "no detections: every AP is 0"
-        return metrics
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        if image_ids is not None:
-            evaluator.params.imgIds = sorted(set(image_ids))
-        evaluator.evaluate()
-        evaluator.accumulate()
-    summary = io.StringIO()
-    with contextlib.redirect_stdout(summary):
-        evaluator.summarize()
-    metrics = {key: _percent(stat) for key, stat in zip(AP_KEYS, evaluator.stats[: len(AP_KEYS)])}
-    metrics["summary"] = summary.getvalue()
+def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> Dict[str, object]:
+    """Score the model in checkpoint ``path`` on its config's validation split (with ``overrides``)."""
+    import torch
+
+    from .data import DataError
+    from .data.loaders import build_val_dataset
+    from .engine.checkpoint import load_checkpoint
+    from .engine.trainer import resolve_device
+    from .evaluation.evaluator import evaluate_model
+    from .modeling.retinanet import from_config as model_from_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise config_lib.ConfigError(f"{path}: checkpoint not found; expected a checkpoint.pt written by training")
+    try:
+        state = load_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - not a torch file, truncated, pickled code
+        raise config_lib.ConfigError(f"{path}: cannot be read as a checkpoint ({' '.join(str(e).split())[:120]})") \
+            from None
+    if not isinstance(state, dict) or not {"model", "config", "num_classes"} <= set(state):
+        raise config_lib.ConfigError(f"{path}: not a checkpoint of retina.train (no model, config or num_classes)")
+    cfg = checkpoint_config(state, overrides)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    try:
+        val_set = build_val_dataset(cfg)
+    except DataError as e:
+        raise config_lib.ConfigError(str(e)) from None
+    if val_set.num_classes != int(state["num_classes"]):
+        raise config_lib.ConfigError(f"{path}: the model has {state['num_classes']} classes but the validation split "
+                                     f"({val_set.annotations}) has {val_set.num_classes}")
+    device = resolve_device(cfg.train.device)
+    model = model_from_config(cfg, int(state["num_classes"]), load_backbone_weights=False).to(device)
+    model.load_state_dict(state["model"])
+    metrics = evaluate_model(model, val_set, cfg, device)
+    metrics.update({"iterations": int(state.get("iteration", 0)), "checkpoint": str(path),
+                    "eval_overrides": " ".join(overrides)})
     return metrics
 
 
-def _percent(stat: float) -> float:
-    """A COCOeval stat in percent; its -1 (nothing to evaluate) becomes NaN."""
-    return math.nan if stat < 0 else float(stat) * 100.0
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m retina.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a checkpoint.pt written by training")
+    parser.add_argument("overrides", nargs="*", help="evaluation overrides, e.g. eval.score_thresh=0.01")
+    parser.add_argument("--out", help="where to write the metrics JSON (default: eval_metrics.json beside the "
+                                      "checkpoint)")
+    args = parser.parse_args(argv)
+    try:
+        metrics = evaluate_checkpoint(args.checkpoint, args.overrides)
+    except config_lib.ConfigError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval_metrics.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2, default=str))
+    print(metrics["eval_summary"], file=sys.stderr)
+    print(json.dumps({k: metrics[k] for k in ("iterations", "AP", "AP50", "AP75", "inference_ms", "num_val_images")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

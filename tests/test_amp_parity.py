@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from retina.config import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 
 from .conftest import TINY_SETTINGS
 

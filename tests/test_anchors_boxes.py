@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from retina.anchors import AnchorGenerator, feature_shapes
-from retina.boxes import BACKGROUND, IGNORE, decode, encode, match_anchors, pad_targets, pairwise_iou
+from retina.modeling.anchors import AnchorGenerator, feature_shapes
+from retina.modeling.boxes import BACKGROUND, IGNORE, decode, encode, match_anchors, pad_targets, pairwise_iou
 
 
 def test_default_anchors_are_nine_per_location_with_paper_sizes():
@@ -39,7 +39,7 @@ def test_scales_per_octave_and_ratios_set_anchors_per_location(n, ratios, expect
 
 
 def test_feature_shapes_match_the_real_backbone():
-    from retina.model import RetinaNet
+    from retina.modeling.retinanet import RetinaNet
 
     model = RetinaNet(3, depth=18, fpn_channels=32, head_convs=1).eval()
     with torch.no_grad():

@@ -12,11 +12,11 @@ import torch
 import torchvision
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from retina import backbone_weights
-from retina.backbone import ResNetBackbone
-from retina.backbone_weights import TORCHVISION_WEIGHT_NAMES, WeightsError, resolve
+from retina.modeling import backbone_weights
+from retina.modeling.backbone import ResNetBackbone
+from retina.modeling.backbone_weights import TORCHVISION_WEIGHT_NAMES, WeightsError, resolve
 from retina.config import ConfigError, load_config
-from retina.model import from_config
+from retina.modeling.retinanet import from_config
 
 
 def saved_resnet(tmp_path, depth: int = 18, seed: int = 0):

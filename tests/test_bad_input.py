@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.__main__ import main
-from retina.config import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 
 from .conftest import TINY_SETTINGS
 

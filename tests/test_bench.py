@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from retina import bench
+from benchmarks import bench
 
 TINY = ["data.synthetic.num_train=16", "data.synthetic.num_val=8", "data.synthetic.image_size=64",
         "data.synthetic.max_object_size=48", "data.min_size=64", "data.max_size=64", "anchors.base_size=8",
@@ -41,7 +41,7 @@ def test_bench_runs_ours_and_both_torchvision_formats(tmp_path, capsys):
 
 def test_bench_reports_a_failing_compiled_variant_and_goes_on(tmp_path, capsys, monkeypatch):
     """A compiler failure on the device is a finding: the other contenders are still timed."""
-    from retina.model import RetinaNet
+    from retina.modeling.retinanet import RetinaNet
 
     def broken(self, mode, backend="inductor"):
         def fail(images):

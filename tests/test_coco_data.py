@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from retina.data import IMAGENET_MEAN, IMAGENET_STD, CocoDetection, DataError, collate, to_coco_results
-from retina.evaluate import evaluate_coco
+from retina.evaluation.coco_eval import evaluate_coco
 
 MIN_SIZE, MAX_SIZE = 512, 853
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from retina.config import load_config
-from retina.distributed import ShardedBatchSampler, shard_bounds
-from retina.train import StreamBatchSampler
+from retina.engine.distributed import ShardedBatchSampler, shard_bounds
+from retina.data.samplers import StreamBatchSampler
 
 BATCH, ITERATIONS, WORLD = 5, 3, 2
 SIZES = [(48, 96), (96, 48), (64, 64), (48, 64), (64, 48), (96, 64), (48, 48), (64, 96), (80, 48), (48, 80)]
@@ -98,12 +98,12 @@ def fit_and_record(cfg_overrides: list, checkpoint_dir: Path) -> dict:
     """fit (BatchNorm statistics frozen) with a recorder of the gradients the optimizer applies."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    import retina.train as train
+    import retina.engine.trainer as train
 
     build, names, grads, history = train.model_from_config, [], [], []
 
-    def build_with_frozen_batchnorm(cfg, num_classes):
-        model = build(cfg, num_classes)
+    def build_with_frozen_batchnorm(cfg, num_classes, **kwargs):
+        model = build(cfg, num_classes, **kwargs)
         freeze_batchnorm_statistics(model)
         names[:] = [n for n, _ in model.named_parameters()]
         return model

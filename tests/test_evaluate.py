@@ -10,7 +10,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from retina.evaluate import AP_KEYS, evaluate_coco
+from retina.evaluation.coco_eval import AP_KEYS, evaluate_coco
 
 
 def _ground_truth() -> COCO:

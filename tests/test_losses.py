@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from retina.boxes import BACKGROUND, IGNORE
-from retina.losses import RetinaLoss, focal_loss, ohem_select
+from retina.modeling.boxes import BACKGROUND, IGNORE
+from retina.modeling.losses import RetinaLoss, focal_loss, ohem_select
 
 
 def logit(p: torch.Tensor) -> torch.Tensor:

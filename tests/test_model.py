@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from retina.anchors import AnchorGenerator
-from retina.model import RetinaNet, prior_bias
+from retina.modeling.anchors import AnchorGenerator
+from retina.modeling.retinanet import RetinaNet, prior_bias
 
 
 def test_prior_init_gives_mean_score_pi_on_random_input():

@@ -109,13 +109,14 @@ def test_a_corrupt_journal_line_is_a_one_line_error_naming_the_file(tmp_path):
 
 
 def test_run_with_a_corrupt_journal_exits_2_with_one_line_and_writes_nothing(orchestrator_dirs, tmp_path, capsys):
-    from orchestrator.__main__ import _journal_path, main
+    from orchestrator.__main__ import main
+    from orchestrator.commands.run import journal_path
 
     sweep = tmp_path / "journaled.yaml"
     sweep.write_text("name: journaled\ntables: [1a]\nrows:\n  - {label: a, set: {loss.alpha: 0.25}}\n")
     storage = tmp_path / "ray"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    journal = _journal_path(str(storage), "journaled", uri)
+    journal = journal_path(str(storage), "journaled", uri)
     journal.parent.mkdir(parents=True)
     journal.write_text("{not json\n")
     rc = main(["run", str(sweep), "--tracking-uri", uri, "--storage-path", str(storage),

@@ -65,7 +65,7 @@ def fill_store(uri: str, sweep_name: str, metrics: Metrics, status: Optional[Dic
         tags = {**tracking.trial_tags(sweep, trial), "mlflow.parentRunId": parent, "device": "cpu", "host": "h",
                 "status": (status or {}).get(label, "finished")}
         run = client.create_run(exp, tags=tags).info.run_id
-        params = [Param(k, tracking._param_value(v)) for k, v in sorted(flatten(trial.config).items())]
+        params = [Param(k, tracking.writer.param_value(v)) for k, v in sorted(flatten(trial.config).items())]
         values = {**metrics.get(label, {}), "train_time_s": 60.0}
         ms = [Metric(name, float(x), 0, 240) for name, x in values.items()]
         for i in range(0, len(params), 100):

@@ -1,6 +1,6 @@
 """The fast paths compute what the straightforward code computes.
 
-- ``model.fast_cpu_convs``: Winograd F(2x2, 3x3) convolutions (retina/winograd.py), the subnets built
+- ``model.fast_cpu_convs``: Winograd F(2x2, 3x3) convolutions (retina/cpu/winograd.py), the subnets built
   on them, and the matrix-product weight gradients of small-map convs (retina/gemm_conv.py): outputs
   and every gradient equal F.conv2d / nn.Conv2d / the per-level nn.Module path.
 - Chunked anchor matching: labels exactly equal to the one-shot (N, G, R) IoU matcher.
@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
-from retina import cpu_kernels, fast_conv, winograd
-from retina.anchors import AnchorGenerator, feature_shapes
-from retina.fast_conv import FastConv2d, use_fast_convs
-from retina.boxes import BACKGROUND, IGNORE, decode, match_anchors, pad_targets, pairwise_iou
-from retina.model import RetinaNet
+from retina.cpu import fast_conv, kernels as cpu_kernels, winograd
+from retina.modeling.anchors import AnchorGenerator, feature_shapes
+from retina.cpu import fast_cpu_convs_on, use_fast_cpu_convs
+from retina.cpu.fast_conv import FastConv2d, use_fast_convs
+from retina.cpu.winograd import WinogradConv2d
+from retina.modeling.boxes import BACKGROUND, IGNORE, decode, match_anchors, pad_targets, pairwise_iou
+from retina.modeling.retinanet import RetinaNet
 
 LEVELS = [(12, 12), (6, 6), (3, 3), (2, 2), (1, 1)]
 
@@ -134,7 +136,7 @@ def test_model_with_fast_cpu_convs_equals_the_straightforward_modules(monkeypatc
     images = torch.randn(2, 3, 96, 128, dtype=dtype)
 
     def run(on: bool):
-        model.fast_cpu_convs = on
+        use_fast_cpu_convs(model, on)
         model.zero_grad(set_to_none=True)
         out = model(images)
         g = torch.Generator().manual_seed(1)
@@ -159,8 +161,9 @@ def test_model_with_fast_cpu_convs_equals_the_straightforward_modules(monkeypatc
 def test_fast_cpu_convs_act_on_cpu_tensors_only(monkeypatch):
     """Elsewhere (CUDA: cuDNN chooses its own algorithms) the model runs its nn.Modules as before; a
     model on the meta device stands in for one on a GPU here."""
-    model = RetinaNet(2, depth=18, fpn_channels=32, head_convs=1, fast_cpu_convs=True)
-    assert model.fast_cpu_convs and model.fpn.winograd_p3
+    model = RetinaNet(2, depth=18, fpn_channels=32, head_convs=1)
+    use_fast_cpu_convs(model, True)
+    assert fast_cpu_convs_on(model) and isinstance(model.fpn.output[0], WinogradConv2d)
     assert isinstance(model.backbone.layer4[0].conv1, FastConv2d)
 
     def fail(*args, **kwargs):
@@ -170,8 +173,8 @@ def test_fast_cpu_convs_act_on_cpu_tensors_only(monkeypatch):
     monkeypatch.setattr(fast_conv._Conv2dGemmWeightGrad, "apply", fail)
     out = model.to("meta")(torch.zeros(1, 3, 64, 64, device="meta"))
     assert out["cls_logits"].shape == (1, 9 * sum(h * w for h, w in feature_shapes(64, 64)), 2)
-    model.fast_cpu_convs = False
-    assert not model.fpn.winograd_p3
+    use_fast_cpu_convs(model, False)
+    assert not isinstance(model.fpn.output[0], WinogradConv2d)
     assert not any(isinstance(m, FastConv2d) for m in model.modules())
 
 
@@ -185,7 +188,7 @@ def test_fast_cpu_convs_step_aside_under_cpu_autocast():
     images = torch.randn(2, 3, 64, 64)
 
     def run(on: bool):
-        model.fast_cpu_convs = on
+        use_fast_cpu_convs(model, on)
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(images)
@@ -302,7 +305,7 @@ def test_chunked_matching_equals_unchunked_exactly(seed, low_quality):
 
 def test_matching_a_crowded_600x1000_batch_stays_within_its_chunk_budget(monkeypatch):
     """113,193 anchors x 100 boxes x 16 images: no IoU block larger than MATCH_CHUNK_ELEMENTS."""
-    from retina import boxes as boxes_mod
+    from retina.modeling import boxes as boxes_mod
 
     anchors = AnchorGenerator()(feature_shapes(600, 1000))
     assert anchors.shape[0] == 113193

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from retina.config import load_config
-from retina.train import fit, learning_rate, load_checkpoint
+from retina.engine.checkpoint import load_checkpoint
+from retina.engine.schedule import learning_rate
+from retina.train import fit
 
 TINY = [
     "data.synthetic.num_train=16", "data.synthetic.num_val=8", "data.synthetic.image_size=64",

@@ -48,8 +48,8 @@ logger = logging.getLogger("retina.data")
 # Bump when the generator's output changes, so that caches made by an older version are not used.
 GENERATOR_VERSION = 2
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-DEFAULT_CACHE_DIR = PROJECT_ROOT / ".cache" / "synthetic"
+from ..paths import cache_dir as user_cache_dir
+
 
 # Class k (category id k + 1) is SHAPES[k]; a dataset with num_classes = n uses the first n.
 SHAPES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle", "cross", "diamond", "ring")
@@ -421,12 +421,13 @@ def ensure_synthetic(cfg: Any, cache_dir: str | Path | None = None) -> Tuple[Dic
     ``COMPLETE`` is written last. Several processes may call this at once: each generates into its
     own temporary sibling folder and renames it into place; a process that loses the race deletes
     its copy and uses the winner's (identical, being deterministic).
-    cache_dir: the argument, else ``cfg.cache_dir`` if non-empty, else ``<project>/.cache/synthetic``.
+    cache_dir: the argument, else ``cfg.cache_dir`` if non-empty, else the user cache folder's
+    ``synthetic/`` (retina/paths.py).
     """
     s = _Settings.of(cfg)
     if cache_dir is None:
         configured = cfg.get("cache_dir", "") if isinstance(cfg, dict) else getattr(cfg, "cache_dir", "")
-        cache_dir = configured or DEFAULT_CACHE_DIR
+        cache_dir = configured or user_cache_dir("synthetic")
     root = Path(cache_dir) / s.digest()
     if (root / COMPLETE_MARKER).is_file():
         return split_paths(root)

@@ -1,18 +1,20 @@
-"""One batch through the model: device placement and precision, anchor assignment, the losses.
+"""One batch through the model: device placement and precision, anchor assignment, the losses, the
+optimizer update.
 
-Shared by training (retina.train), inference (retina.predict), the benchmark (retina.bench) and
-Figure 4's analysis (retina.analysis), so all four run the model exactly the same way.
+Shared by training (retina/engine/trainer.py), inference (retina/evaluation/predict.py), the benchmark
+(benchmarks/bench.py) and Figure 4's analysis (retina/evaluation/loss_distribution.py), so all four
+run the model exactly the same way.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig
 
-from .boxes import match_anchors, pad_targets
-from .data import normalize
-from .losses import LossOutput, RetinaLoss
+from ..data import normalize
+from ..modeling.boxes import match_anchors, pad_targets
+from ..modeling.losses import LossOutput, RetinaLoss
 
 
 def uses_amp(cfg: DictConfig, device: torch.device) -> bool:
@@ -57,3 +59,19 @@ def losses(model, loss_fn: RetinaLoss, batch: dict, cfg: DictConfig, device: tor
     out = forward(model, batch, cfg, device)
     labels, gt_boxes, gt_labels = assign(out, batch, cfg, device)
     return loss_fn(out["cls_logits"], out["box_deltas"], out["anchors"], labels, gt_boxes, gt_labels)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def apply_gradients(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                    grad_clip_norm: Optional[float]) -> None:
+    """One optimizer update from ``loss``: gradients zeroed, backward, clipped to ``grad_clip_norm``
+    (total norm over ``params``; None: no clipping), step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
+    optimizer.step()

@@ -14,11 +14,13 @@ from typing import Dict, Sequence
 
 import torch
 
-from .boxes import IGNORE
-from .config import from_container
-from .losses import classification_targets, focal_loss
-from .model import from_config as model_from_config
-from .step import assign, forward
+from ..config import from_container
+from ..data.loaders import build_datasets, val_loader
+from ..engine.checkpoint import load_checkpoint
+from ..engine.step import assign, forward
+from ..modeling.boxes import IGNORE
+from ..modeling.losses import classification_targets, focal_loss
+from ..modeling.retinanet import from_config as model_from_config
 
 PAPER_GAMMAS = (0.0, 0.5, 1.0, 2.0)
 
@@ -37,8 +39,6 @@ def lorenz(losses: torch.Tensor, points: int = 201) -> torch.Tensor:
 def collect_logits(checkpoint: str | Path, max_images: int = 50) -> Dict[str, torch.Tensor]:
     """Class logits of the model in ``checkpoint`` on the first validation images, split into positive
     and negative samples: {"positives": (P,), "negatives": (Q,)}."""
-    from .train import build_datasets, load_checkpoint, val_loader
-
     state = load_checkpoint(checkpoint)
     cfg = from_container(state["config"])
     device = torch.device("cpu")

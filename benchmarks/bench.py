@@ -1,6 +1,6 @@
 """Throughput benchmark: our trainer's step vs torchvision's RetinaNet, same settings, one JSON line.
 
-    python -m retina.bench [--device cpu|cuda] [--profile cpu|gpu|paper] [--iterations N] [--warmup N]
+    python benchmarks/bench.py [--device cpu|cuda] [--profile cpu|gpu|paper] [--iterations N] [--warmup N]
                            [--rounds N] [--compile MODE] [--top-ops N] [--profile-steps N] [key=value ...]
 
 In one process: (1) our training step exactly as ``retina.train.fit`` runs it (forward, pad_targets,
@@ -44,14 +44,19 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import config as config_lib
-from .data import IMAGENET_MEAN, IMAGENET_STD
-from .data.coco import unit_floats
-from .losses import from_config as loss_from_config
-from .backbone import RESNET_C_CHANNELS
-from .model import from_config as model_from_config
-from .step import forward, losses as batch_losses, precision, uses_amp, uses_channels_last
-from .train import StreamBatchSampler, build_datasets, learning_rate, make_loader, resolve_device, val_loader
+from retina import config as config_lib
+from retina.cpu import fast_cpu_convs_on, use_fast_cpu_convs
+from retina.data import IMAGENET_MEAN, IMAGENET_STD
+from retina.data.coco import unit_floats
+from retina.data.loaders import build_datasets, make_loader, val_loader
+from retina.data.samplers import StreamBatchSampler
+from retina.engine.schedule import learning_rate
+from retina.engine.step import (apply_gradients, forward, losses as batch_losses, precision, set_learning_rate,
+                                uses_amp, uses_channels_last)
+from retina.engine.trainer import resolve_device
+from retina.modeling.backbone import RESNET_C_CHANNELS
+from retina.modeling.losses import from_config as loss_from_config
+from retina.modeling.retinanet import from_config as model_from_config
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H200 SXM, bf16 tensor core, dense (no sparsity)
 
@@ -190,20 +195,15 @@ def inference_batches(cfg: DictConfig, val_set, num_batches: int, device: torch.
 
 
 def our_step(cfg: DictConfig, model: nn.Module, optimizer, loss_fn, device: torch.device) -> Callable:
-    """The body of retina.train.fit's loop, without the logging and checkpointing."""
+    """The body of retina.train.fit's loop (its step functions), without the logging and checkpointing."""
     t = cfg.train
     iteration = [0]
 
     def step(batch: Batch) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(t, iteration[0])
-        losses = batch_losses(model, loss_fn, batch, cfg, device)  # retina.step: forward, assignment, loss
+        set_learning_rate(optimizer, learning_rate(t, iteration[0]))
+        losses = batch_losses(model, loss_fn, batch, cfg, device)  # forward, assignment, loss
         float(losses.total.detach())  # the trainer's finiteness check: one host sync per step
-        optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        if t.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
-        optimizer.step()
+        apply_gradients(losses.total, optimizer, [p for p in model.parameters() if p.requires_grad], t.grad_clip_norm)
         iteration[0] += 1
 
     return step
@@ -215,8 +215,7 @@ def torchvision_step(cfg: DictConfig, model: nn.Module, optimizer, device: torch
     iteration = [0]
 
     def step(batch: Batch) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(t, iteration[0])
+        set_learning_rate(optimizer, learning_rate(t, iteration[0]))
         images, targets = to_torchvision(batch)
         images = [x.to(device, non_blocking=True) for x in images]  # N x (3, h, w)
         targets = [{k: v.to(device, non_blocking=True) for k, v in d.items()} for d in targets]
@@ -224,11 +223,7 @@ def torchvision_step(cfg: DictConfig, model: nn.Module, optimizer, device: torch
             losses = model(images, targets)  # {classification, bbox_regression}
         total = losses["classification"] + losses["bbox_regression"]
         float(total.detach())
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if t.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
-        optimizer.step()
+        apply_gradients(total, optimizer, list(model.parameters()), t.grad_clip_norm)
         iteration[0] += 1
 
     return step
@@ -239,7 +234,7 @@ def torchvision_step(cfg: DictConfig, model: nn.Module, optimizer, device: torch
 
 
 def our_inference(cfg: DictConfig, model: nn.Module, device: torch.device) -> Callable:
-    """As retina.predict.predict: forward + postprocess."""
+    """As retina.evaluation.predict.predict: forward + postprocess."""
     e = cfg.eval
 
     @torch.no_grad()
@@ -410,9 +405,9 @@ def split(total: int, parts: int) -> List[int]:
 
 
 def winograd_kind() -> str:
-    from . import cpu_kernels
+    from retina.cpu import kernels
 
-    if cpu_kernels.load() is not None:
+    if kernels.load() is not None:
         return "F(4x4, 3x3) with C transforms (36 instead of 144 multiplies per 4x4 output tile)"
     return "F(2x2, 3x3) in PyTorch ops (16 instead of 36 multiplies per 2x2 output tile; no C compiler)"
 
@@ -478,11 +473,11 @@ def run(args) -> Dict[str, object]:
     opt = make_optimizer(cfg, ours)
     loss_fn = loss_from_config(cfg.loss)
     flops["ours"] = count_flops(our_step(cfg, ours, opt, loss_fn, device), first)
-    if ours.fast_cpu_convs and device.type == "cpu":  # the same model with oneDNN's convolutions only
-        ours.fast_cpu_convs = False
+    if fast_cpu_convs_on(ours) and device.type == "cpu":  # the same model with oneDNN's convolutions only
+        use_fast_cpu_convs(ours, False)
         flops["ours_direct"] = count_flops(lambda b: batch_losses(ours, loss_fn, b, cfg, device).total.backward(),
                                            first)
-        ours.fast_cpu_convs = True
+        use_fast_cpu_convs(ours, True)
         opt.zero_grad(set_to_none=True)
     contenders.append(Contender("ours", ours, opt, our_step(cfg, ours, opt, loss_fn, device),
                                 our_inference(cfg, ours, device), train_batches(cfg, train_set, steps, device),
@@ -611,7 +606,7 @@ def run(args) -> Dict[str, object]:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m retina.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--profile", choices=["cpu", "gpu", "paper"], default=None,
                         help="default: cpu on CPU; paper with synthetic 600 px data on CUDA")

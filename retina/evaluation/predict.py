@@ -7,8 +7,8 @@ from typing import Dict, List, Tuple
 import torch
 from omegaconf import DictConfig
 
-from .data import to_coco_results
-from .step import forward
+from ..data import to_coco_results
+from ..engine.step import forward
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .config import BACKBONE_NORMS, NUM_STAGES  # noqa: F401 - NUM_STAGES: stem (1), res2 .. res5 (2 .. 5)
+from ..config import BACKBONE_NORMS, NUM_STAGES  # noqa: F401 - NUM_STAGES: stem (1), res2 .. res5 (2 .. 5)
 
 RESNET_C_CHANNELS = {18: (128, 256, 512), 34: (128, 256, 512), 50: (512, 1024, 2048), 101: (512, 1024, 2048)}
 GROUP_NORM_GROUPS = 32

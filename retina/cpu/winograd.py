@@ -11,7 +11,7 @@ independent matrix products (one ``bmm`` of ((m+2)^2, T, C) by ((m+2)^2, C, K)),
 extra calls.
 
 Two tile sizes: F(4x4, 3x3) (36 products for 16 outputs: 2.25x fewer multiplies than F(2x2, 3x3)'s
-16 for 4 and 4x fewer than direct) where the C transforms of retina/cpu_kernels.py are built, and
+16 for 4 and 4x fewer than direct) where the C transforms of retina/cpu/kernels.py are built, and
 F(2x2, 3x3) in PyTorch ops otherwise (its transforms have coefficients 0, +-1, +-1/2 only, which
 suits ops that each make a pass over memory). Both equal the direct convolution up to float32
 rounding, F(4x4) with errors a few times those of direct convolution (tests/test_speed_paths.py
@@ -31,7 +31,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from . import cpu_kernels
+from . import kernels
+from .fast_conv import FastConv2d, applies
 
 # G ((m + 2) x 3): the weight transform; U = G g G^T for each (output, input) channel pair's kernel g.
 _G = {
@@ -192,7 +193,7 @@ class _WinogradConv3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, num_weights: int, *args):
         weights, biases, xs = args[:num_weights], args[num_weights:2 * num_weights], args[2 * num_weights:]
-        lib = cpu_kernels.load() if cpu_kernels.usable(*xs, *weights, *biases) else None
+        lib = kernels.load() if kernels.usable(*xs, *weights, *biases) else None
         m = 4 if lib is not None else 2
         a = m + 2
         levels = _levels(xs, m)
@@ -226,7 +227,7 @@ class _WinogradConv3x3(torch.autograd.Function):
         u, v, *xs = ctx.saved_tensors
         ks, levels, m = ctx.ks, ctx.levels, ctx.m
         a = m + 2
-        lib = cpu_kernels.load() if ctx.use_lib else None  # F(4x4) is C only: the same as in forward
+        lib = kernels.load() if ctx.use_lib else None  # F(4x4) is C only: the same as in forward
         grads = [g if g is None or g.is_contiguous() else g.contiguous() for g in grads]
         nw = len(ks)
         ksum, c = u.shape[1], u.shape[2]
@@ -292,3 +293,16 @@ def conv3x3(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
         outs = _WinogradConv3x3.apply(len(weights), *weights, *biases, *xs)
     nw = len(weights)
     return [list(outs[i * nw:(i + 1) * nw]) for i in range(len(xs))]
+
+
+class WinogradConv2d(FastConv2d):
+    """A 3x3 conv (stride 1, padding 1; the same parameters and state_dict as nn.Conv2d) computed by
+    :func:`conv3x3` on CPU outside autocast, as FastConv2d elsewhere. Its output is a channels-last
+    (N, H, W, C) tensor viewed as (N, C, H, W): what the Winograd subnets read without a copy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if applies(x):
+            y = conv3x3([x.permute(0, 2, 3, 1)], [self.weight], [self.bias])[0][0]
+            return y.permute(0, 3, 1, 2)
+        return super().forward(x)
+

@@ -22,9 +22,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
-from .config import ConfigError
+from ..config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 OFFLINE_ENV = "RETINA_OFFLINE"
 # The weights names torchvision 0.29 has per ResNet depth (checked against torchvision by a test), so

@@ -1,12 +1,12 @@
-"""The Winograd F(4x4, 3x3) transforms of retina/winograd.py as C loops, built on first use with the
+"""The Winograd F(4x4, 3x3) transforms of retina/cpu/winograd.py as C loops, built on first use with the
 system's C compiler and loaded with ctypes (no torch headers: the build takes about a second).
 
 One C loop per transform reads its input once and writes its output once, vectorized over channels;
-the same transforms in PyTorch ops would be tens of passes over memory (retina/winograd.py's PyTorch
+the same transforms in PyTorch ops would be tens of passes over memory (retina/cpu/winograd.py's PyTorch
 fallback uses the smaller F(2x2, 3x3) for that reason). Where no C compiler is found (or
-``RETINA_C_KERNELS=0``), or the build fails, ``load()`` returns None and retina/winograd.py uses
+``RETINA_C_KERNELS=0``), or the build fails, ``load()`` returns None and retina/cpu/winograd.py uses
 F(2x2, 3x3) in PyTorch ops; both equal the direct convolution to float32 rounding
-(tests/test_speed_paths.py). The library is cached under ``<project>/.cache/kernels/``, named by a
+(tests/test_speed_paths.py). The library is cached under the user cache folder's ``kernels/`` (retina/paths.py), named by a
 hash of the source, the compiler flags and the CPU's flags, and written atomically, so concurrent
 processes (Ray trials) share one build.
 
@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from .config import PROJECT_ROOT
+from ..paths import cache_dir
 
 SOURCE = r"""
 #include <stdint.h>
@@ -290,7 +290,7 @@ def load() -> Optional[ctypes.CDLL]:
     if os.environ.get("RETINA_C_KERNELS", "1") == "0":
         return None
     try:
-        path = _build(PROJECT_ROOT / ".cache" / "kernels")
+        path = _build(cache_dir("kernels"))
         if path is None:
             return None
         lib = ctypes.CDLL(str(path))

@@ -1,0 +1,64 @@
+"""A sweep's report as data: its tables, verdicts and settings, built from what MLflow holds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import pandas as pd
+
+from ..sweep import TABLES, format_value
+from .claims import Verdict, verdicts
+from .paper import PAPER
+from .rows import OurRow, build_table, our_rows
+
+
+def settings(record) -> Dict[str, Any]:
+    """Profile, data, iterations, hardware and compute time of a sweep's runs."""
+    def values(key: str, source: str = "params") -> str:
+        vs = sorted({format_value(getattr(r, source).get(key)) for r in record.runs if key in getattr(r, source)})
+        return ", ".join(vs) or "?"
+
+    gpu_s = sum(r.metrics.get("train_time_s", 0.0) for r in record.runs if r.tags.get("device", "").startswith("cuda"))
+    all_s = sum(r.metrics.get("train_time_s", 0.0) for r in record.runs)
+    return {
+        "profile": record.parent_tags.get("profile") or values("profile", "tags"),
+        "data": f"{values('data.source')} (min_size {values('data.min_size')}, max_size {values('data.max_size')})",
+        "model": f"ResNet-{values('model.depth')}",
+        "iterations": values("train.iterations"),
+        "batch_size": values("train.batch_size"),
+        "hardware": f"{values('device', 'tags')} on {values('host', 'tags')}",
+        "gpu_hours": round(gpu_s / 3600, 3),
+        "train_hours": round(all_s / 3600, 3),
+        "code_version": record.parent_tags.get("code_version", "?"),
+        "overrides": record.parent_tags.get("overrides", ""),
+    }
+
+
+@dataclass
+class SweepReport:
+    name: str
+    tables: Dict[str, pd.DataFrame]
+    verdicts: Dict[str, List[Verdict]]
+    settings: Dict[str, Any]
+    plots: Dict[str, str]  # file -> what it shows, or "" (skipped)
+    notes: List[str]
+    figure4_source: Optional[Tuple[str, str]] = None  # (row label, checkpoint dir) of the FL gamma 2 trial
+
+
+def _figure4_source(rows: Dict[str, List["OurRow"]]) -> Optional[Tuple[str, str]]:
+    """The finished FL gamma 2 trial whose checkpoint Figure 4 analyses (the paper uses its best FL model)."""
+    for row in rows.get("1b", []):
+        for trial in row.done:
+            gamma = trial["config"].get("loss.gamma")
+            if gamma is not None and float(gamma) == 2.0 and trial["tags"].get("checkpoint"):
+                return row.label, trial["tags"]["checkpoint"]
+    return None
+
+
+def build_report(record) -> SweepReport:
+    rows = our_rows(record)
+    declared = [t for t in (record.parent_tags.get("table") or "").split(",") if t]
+    order = [t for t in TABLES if t in set(declared) | set(rows)]
+    tables = {t: build_table(t, rows.get(t, [])) for t in order if t in PAPER}
+    found = {t: verdicts(t, df, tables) for t, df in tables.items()}
+    return SweepReport(record.name, tables, found, settings(record), {}, [], _figure4_source(rows))

@@ -1,0 +1,134 @@
+"""Writing a sweep's report: table.md, table.csv, table.tex (booktabs), summary.json, the plots and
+Figure 4; and the index of every sweep reported in a folder."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..sweep import TABLES
+from .build import SweepReport
+from .paper import PAPER
+from .rows import fmt
+
+FIGURE4_IMAGES = 50  # validation images whose anchors Figure 4 analyses
+
+
+def _display(df: pd.DataFrame, table: str) -> pd.DataFrame:
+    """The table as shown (markdown / LaTeX): paper keys, row, status, ours +- std, paper, diff, run."""
+    keys, metrics = PAPER[table][1], PAPER[table][2]
+    out = pd.DataFrame({k: df[k] for k in keys})
+    out["our row"] = df["label"]
+    out["status"] = df["status"]
+    for m in metrics:
+        ours = df[m].map(fmt)
+        std = df[f"{m}_std"].map(lambda s: "" if math.isnan(s) else f" ± {s:.1f}")
+        out[m] = ours + std.where(ours != "", "")
+        out[f"{m} paper"] = df[f"{m}_paper"].map(fmt)
+        out[f"Δ{m}"] = df[f"{m}_diff"].map(lambda x: "" if math.isnan(x) else f"{x:+.1f}")
+    if table == "5.1":
+        out["paper"] = df["paper_outcome"]
+    out["run"] = df["run_ids"].map(lambda s: " ".join(r[:8] for r in s.split()))
+    return out
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _latex(df: pd.DataFrame, caption: str) -> str:
+    tex = lambda v: str(v).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("±", r"$\pm$") \
+        .replace("Δ", r"$\Delta$")  # noqa: E731
+    cols = list(df.columns)
+    body = [" & ".join(tex(c) for c in cols) + r" \\", r"\midrule"]
+    body += [" & ".join(tex(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    return "\n".join([r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{" + "l" * len(cols) + "}",
+                      r"\toprule", *body, r"\bottomrule", r"\end{tabular}", r"\caption{" + tex(caption) + "}",
+                      r"\end{table}", ""])
+
+
+def write_report(report: SweepReport, directory: Path) -> None:
+    from . import plots
+
+    directory.mkdir(parents=True, exist_ok=True)
+    report.plots = plots.write_plots(report.tables, directory)
+    if "1b" in report.tables:
+        report.plots[plots.LOSS_DISTRIBUTION] = _write_figure4(report, directory / plots.LOSS_DISTRIBUTION)
+    s = report.settings
+    md = [f"# {report.name}: our numbers beside the paper's", "",
+          f"Profile **{s['profile']}**: {s['data']}, {s['model']}, {s['iterations']} iterations of batch "
+          f"{s['batch_size']}, {s['hardware']}; {s['train_hours']} h of training ({s['gpu_hours']} GPU-hours). "
+          "The paper: ResNet-50/101-FPN, 600 px COCO, 90k iterations of 16 images on 8 GPUs. Compare "
+          "orderings and claims, not absolute AP.", ""]
+    tex = []
+    for t, df in report.tables.items():
+        caption = TABLES[t]
+        shown = _display(df, t)
+        md += [f"## {caption}", "", _markdown(shown), "", "Verdicts:", ""]
+        md += [f"- {v.claim}: **{v.mark}** ({v.detail})" for v in report.verdicts[t]]
+        md.append("")
+        tex.append(_latex(shown, f"{caption} (ours beside the paper's; profile {s['profile']})"))
+    md += ["## Plots", ""] + [f"- [{f}]({f}): {what}" if what.endswith(".png") or not what.startswith("skipped")
+                              else f"- {f}: {what}" for f, what in report.plots.items()] + [""]
+    (directory / "table.md").write_text("\n".join(md))
+    pd.concat(report.tables.values(), ignore_index=True).to_csv(directory / "table.csv", index=False)
+    (directory / "table.tex").write_text("% requires \\usepackage{booktabs}\n" + "\n".join(tex))
+    summary = {"sweep": report.name, "settings": s, "plots": report.plots,
+               "verdicts": {t: [{"claim": v.claim, "holds": v.holds, "detail": v.detail} for v in vs]
+                            for t, vs in report.verdicts.items()}}
+    (directory / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def _write_figure4(report: SweepReport, path: Path) -> str:
+    """Figure 4 from the FL gamma 2 trial's final checkpoint; returns what the plot shows or why it was skipped."""
+    if report.figure4_source is None:
+        return "skipped: no finished FL gamma 2 trial with a checkpoint"
+    label, directory = report.figure4_source
+    checkpoint = Path(directory) / "checkpoint.pt"
+    if not checkpoint.is_file():
+        return f"skipped: the checkpoint of {label} ({checkpoint}) is not reachable from this machine"
+    from retina.evaluation.loss_distribution import collect_logits, loss_distribution  # torch loads only when there is a model to run
+
+    from . import plots
+    dist = loss_distribution(collect_logits(checkpoint, max_images=FIGURE4_IMAGES))
+    plots.plot_loss_distribution(dist, path, label)
+    neg, pos = dist["negatives"], dist["positives"]
+    return (f"loss distribution (Figure 4) of {label} on {FIGURE4_IMAGES} validation images: the easiest 80% of "
+            f"negatives carry {100 * float(neg[2.0][160]):.1f}% of their loss at gamma 2 vs "
+            f"{100 * float(neg[0.0][160]):.1f}% at gamma 0; of positives {100 * float(pos[2.0][160]):.1f}% vs "
+            f"{100 * float(pos[0.0][160]):.1f}%")
+
+
+def write_index(out: Path) -> None:
+    """``<out>/README.md``: every sweep reported under ``out`` (from their summary.json)."""
+    lines = ["# Results", "",
+             "Generated by `python -m orchestrator report` from the MLflow store; do not edit by hand. "
+             "Each sweep's folder holds `table.md`, `table.csv`, `table.tex` and plots. The paper's own numbers "
+             "are in `paper/`. Every run below is far smaller than the paper's (see each sweep's settings): "
+             "what can be compared is the ordering of rows and the paper's claims, not absolute AP.", ""]
+    for summary_file in sorted(out.glob("*/summary.json")):
+        try:
+            summary = json.loads(summary_file.read_text())
+        except ValueError:
+            continue
+        name, s = summary["sweep"], summary["settings"]
+        lines += [f"## [{name}]({name}/table.md)", "",
+                  f"- settings: profile {s['profile']}; data {s['data']}; {s['model']}; {s['iterations']} "
+                  f"iterations, batch {s['batch_size']}; hardware {s['hardware']}; {s['train_hours']} h training, "
+                  f"{s['gpu_hours']} GPU-hours; code {s['code_version']}"
+                  + (f"; overrides `{s['overrides']}`" if s.get("overrides") else "")]
+        for t, vs in summary["verdicts"].items():
+            for v in vs:
+                mark = {True: "holds", False: "does not hold", None: "not checked"}[v["holds"]]
+                lines.append(f"- {t}: {v['claim']}: **{mark}** ({v['detail']})")
+        for f, what in summary.get("plots", {}).items():
+            lines.append(f"- plot [{f}]({name}/{f}): {what}" if not what.startswith("skipped")
+                         else f"- plot {f}: {what}")
+        lines.append("")
+    (out / "README.md").write_text("\n".join(lines))

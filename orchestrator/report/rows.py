@@ -1,0 +1,171 @@
+"""Our rows: the trials of a sweep (from MLflow) grouped into the rows of each paper table, and the
+table of paper rows beside ours."""
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pandas as pd
+
+from retina.config import ConfigError
+
+from ..sweep import format_value
+from .paper import OUR_METRIC, PAPER, paper_key, paper_table
+
+DONE = ("finished", "diverged")
+
+
+@dataclass
+class OurRow:
+    table: str
+    label: str
+    order: int
+    trials: List[dict] = field(default_factory=list)  # {key, status, run_id, metrics, config, tags, stale}
+
+    @property
+    def status(self) -> str:
+        counts: Dict[str, int] = {}
+        for t in self.trials:
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        if len(counts) == 1 and len(self.trials) == 1:
+            return next(iter(counts))
+        return ", ".join(f"{s} x{n}" if n > 1 else s for s, n in counts.items())
+
+    @property
+    def done(self) -> List[dict]:
+        return [t for t in self.trials if t["status"] in DONE]
+
+    def stat(self, metric: str) -> Tuple[float, float]:
+        values = [t["metrics"][metric] for t in self.done if metric in t["metrics"]]
+        if not values:
+            return float("nan"), float("nan")
+        s = pd.Series(values, dtype=float)
+        return float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else float("nan")
+
+
+def _expected_configs(record) -> Dict[str, Dict[str, Any]]:
+    """Flattened configs of the sweep's trials, from its sweep.yaml artifact (for trials without a run)."""
+    if not record.sweep_yaml:
+        return {}
+    from retina.config import flatten
+
+    from ..sweep import load_sweep
+
+    tags = record.parent_tags
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{record.name}.yaml"
+        path.write_text(record.sweep_yaml)
+        try:
+            sweep = load_sweep(path, profile=tags.get("profile") or None,
+                               overrides=(tags.get("overrides") or "").split())
+        except (ConfigError, OSError, ValueError):
+            return {}
+    out = {}
+    for t in sweep.trials:
+        cfg = flatten(t.config)
+        out[t.key] = {"config": cfg, "scaled": t.scaled}
+    return out
+
+
+def our_rows(record) -> Dict[str, List[OurRow]]:
+    """table -> rows of our sweep, in the sweep's order, each with its trials (seeds)."""
+    runs = {r.tags.get("trial_key"): r for r in record.runs}
+    expected = _expected_configs(record) if any(e["key"] not in runs for e in record.manifest) else {}
+    # A stale run (a trial key the last sweep run did not list: an older config of the row, e.g. from
+    # before a new config key) gets a row of its own beside the current one, never a seed of it.
+    rows: Dict[Tuple[str, str, bool], OurRow] = {}
+    parent_running = record.parent_tags.get("status") == "running"
+
+    def add(table: str, label: str, trial: dict) -> None:
+        row = rows.get((table, label, trial["stale"]))
+        if row is None:
+            row = rows[(table, label, trial["stale"])] = OurRow(table, label, len(rows))
+        row.trials.append(trial)
+
+    listed = set()
+    for entry in record.manifest:
+        key = entry["key"]
+        listed.add(key)
+        run = runs.get(key)
+        if run is not None:
+            status = run.tags.get("status", "running")
+            if status == "running" and not parent_running:
+                status = "interrupted"
+            trial = {"key": key, "status": status, "run_id": run.run_id, "metrics": run.metrics,
+                     "config": run.params, "tags": run.tags, "stale": False}
+        else:
+            exp = expected.get(key, {})
+            scaled = exp.get("scaled") or {}
+            tags = {"scaled": ", ".join(f"{k} {format_value(a)}->{format_value(b)}" for k, (a, b) in scaled.items())}
+            trial = {"key": key, "status": "missing", "run_id": "", "metrics": {}, "config": exp.get("config", {}),
+                     "tags": tags, "stale": False}
+        for row in entry.get("rows", []):
+            add(row["table"], row["label"], dict(trial))
+    for key, run in runs.items():  # runs the last sweep run did not list (or no manifest): shown, not dropped
+        if key in listed:
+            continue
+        status = run.tags.get("status", "running")
+        trial = {"key": key, "status": status if not record.manifest else f"{status} (not in sweep)",
+                 "run_id": run.run_id, "metrics": run.metrics, "config": run.params, "tags": run.tags,
+                 "stale": bool(record.manifest)}
+        for name, label in run.tags.items():
+            if name.startswith("row."):
+                for one in label.split(" | "):
+                    add(name[4:], one, dict(trial))
+    out: Dict[str, List[OurRow]] = {}
+    for row in sorted(rows.values(), key=lambda r: r.order):
+        out.setdefault(row.table, []).append(row)
+    return out
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def build_table(table: str, rows: List[OurRow]) -> pd.DataFrame:
+    """One line per (paper row, our row): paper rows in the paper's order (a paper row without a trial
+    shows as "not in sweep"), then our rows that match no paper row. Columns: the paper's key columns,
+    ``label``, ``status``, ``seeds``, per metric ``<m>`` (ours, mean over seeds), ``<m>_std``,
+    ``<m>_paper``, ``<m>_diff``, ``run_ids``, ``primary`` (the row the verdicts use)."""
+    paper = paper_table(table)
+    keys, metrics = PAPER[table][1], PAPER[table][2]
+    by_key: Dict[Tuple[str, ...], List[OurRow]] = {}
+    unmatched: List[OurRow] = []
+    for row in rows:
+        ks = {paper_key(table, t["config"], t["tags"]) for t in row.trials} - {None}
+        key = next(iter(ks)) if len(ks) == 1 else None
+        if key is not None and (paper[keys].apply(tuple, axis=1) == key).any():
+            by_key.setdefault(key, []).append(row)
+        else:
+            unmatched.append(row)
+    lines = []
+
+    def line(paper_row: Optional[pd.Series], ours: Optional[OurRow], primary: bool) -> dict:
+        d: Dict[str, Any] = {k: (paper_row[k] if paper_row is not None else "") for k in keys}
+        d["label"] = ours.label if ours else ""
+        d["status"] = ours.status if ours else "not in sweep"
+        d["seeds"] = len(ours.done) if ours else 0
+        for m in metrics:
+            mean, std = ours.stat(OUR_METRIC.get(m, m)) if ours else (float("nan"), float("nan"))
+            ref = float(paper_row[m]) if paper_row is not None and m in paper_row else float("nan")
+            d[m], d[f"{m}_std"], d[f"{m}_paper"], d[f"{m}_diff"] = mean, std, ref, mean - ref
+        if table == "5.1":
+            d["paper_outcome"] = paper_row["outcome"] if paper_row is not None else ""
+        d["run_ids"] = " ".join(t["run_id"] for t in ours.trials if t["run_id"]) if ours else ""
+        d["primary"] = primary
+        return d
+
+    for _, p in paper.iterrows():
+        matched = by_key.get(tuple(p[k] for k in keys), [])
+        if not matched:
+            lines.append(line(p, None, True))
+        for i, ours in enumerate(matched):
+            lines.append(line(p, ours, i == 0 and not any(t["stale"] for t in ours.trials)))
+    for ours in unmatched:
+        lines.append(line(None, ours, False))
+    df = pd.DataFrame(lines)
+    df.insert(0, "table", table)
+    return df

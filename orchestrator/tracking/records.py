@@ -1,0 +1,98 @@
+"""A sweep as the report reads it: every trial run's tags, params and metrics (reads only), and the
+report's files logged back on the sweep's parent run."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from .state import list_sweeps
+from .store import TrackingError, check_store, mlflow_client, search_all, store_exists
+
+
+@dataclass
+class RunRecord:
+    """One child (trial) run as the report needs it."""
+    run_id: str
+    tags: Dict[str, str]
+    params: Dict[str, Any]  # the flattened resolved config, values decoded from their JSON text
+    metrics: Dict[str, float]  # latest value of each metric
+
+
+@dataclass
+class SweepRecord:
+    name: str
+    uri: str
+    experiment_id: str
+    parent_run_id: Optional[str]
+    parent_tags: Dict[str, str]
+    manifest: List[dict]  # parent artifact trials.json ([] if absent)
+    sweep_yaml: Optional[str]  # parent artifact sweep.yaml
+    runs: List[RunRecord]  # oldest run per trial key
+
+
+def _decode_param(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _parent_text(client: MlflowClient, run_id: str, name: str) -> Optional[str]:
+    try:
+        return Path(client.download_artifacts(run_id, name)).read_text()
+    except (MlflowException, OSError):
+        return None
+
+
+def read_sweep_record(uri: str, sweep_name: str) -> SweepRecord:
+    """Everything the store holds of sweep ``sweep_name`` (reads only). TrackingError (one line) when
+    the store does not exist, cannot be reached, has no such sweep, or no runs for it."""
+    check_store(uri)
+    if not store_exists(uri):
+        raise TrackingError(f"tracking store {uri} does not exist (no sweep was run with it)")
+    client = mlflow_client(uri)
+    try:
+        experiment = client.get_experiment_by_name(sweep_name)
+    except MlflowException as e:
+        raise TrackingError(f"tracking store {uri}: {str(e).splitlines()[0]}") from None
+    if experiment is None or experiment.lifecycle_stage != "active":
+        known = ", ".join(list_sweeps(uri)) or "none"
+        raise TrackingError(f"unknown sweep '{sweep_name}' in {uri}; sweeps there: {known}")
+    parents = search_all(client, experiment.experiment_id, "tags.kind = 'sweep'")
+    parent = parents[0] if parents else None
+    runs: List[RunRecord] = []
+    seen = set()
+    for run in search_all(client, experiment.experiment_id, "tags.kind = 'trial'"):
+        key = run.data.tags.get("trial_key")
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        runs.append(RunRecord(run_id=run.info.run_id, tags=dict(run.data.tags),
+                              params={k: _decode_param(v) for k, v in run.data.params.items()},
+                              metrics=dict(run.data.metrics)))
+    manifest: List[dict] = []
+    sweep_yaml = None
+    if parent is not None:
+        text = _parent_text(client, parent.info.run_id, "trials.json")
+        try:
+            manifest = json.loads(text) if text else []
+        except ValueError:
+            manifest = []
+        sweep_yaml = _parent_text(client, parent.info.run_id, "sweep.yaml")
+    if not runs:
+        raise TrackingError(f"sweep '{sweep_name}' has no trial runs in {uri}; run it first "
+                            f"(python -m orchestrator run sweeps/{sweep_name}.yaml)")
+    return SweepRecord(name=sweep_name, uri=uri, experiment_id=experiment.experiment_id,
+                       parent_run_id=parent.info.run_id if parent else None,
+                       parent_tags=dict(parent.data.tags) if parent else {}, manifest=manifest,
+                       sweep_yaml=sweep_yaml, runs=runs)
+
+
+def log_report(uri: str, run_id: str, directory: Path, artifact_path: str = "report") -> None:
+    """Log the files of a sweep's report folder as artifacts of its parent run."""
+    mlflow_client(uri).log_artifacts(run_id, str(directory), artifact_path)

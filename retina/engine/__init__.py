@@ -1,0 +1,1 @@
+"""Training: the loop (``trainer.fit``), one batch's step, the schedule, checkpoints, data parallelism."""
