@@ -25,8 +25,8 @@ from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
 Event = Tuple[str, tuple]  # (listener method name, its arguments), JSON-serializable
 
-LISTENER_EVENTS = ("trial_started", "trial_running", "trial_progress", "trial_checkpoint", "trial_finished",
-                   "trial_failed", "trial_retrying", "trial_interrupted", "close")
+LISTENER_EVENTS = ("trial_started", "trial_running", "trial_progress", "trial_eval", "trial_checkpoint",
+                   "trial_finished", "trial_failed", "trial_retrying", "trial_interrupted", "close")
 
 
 class OutboxError(RuntimeError):

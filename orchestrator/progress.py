@@ -107,6 +107,16 @@ class ProgressView:
             self._line(f"{row.key}  {row.label}: iteration {row.iteration}/{row.total} loss {_number(row.loss)} "
                        f"| sweep ETA {format_duration(self.eta_s())}")
 
+    def trial_eval(self, key: str, metrics: Dict[str, Any]) -> None:
+        """An evaluation during training (eval.every): the AP so far, in the view and as a line."""
+        row = self.rows[key]
+        row.ap = float(metrics.get("AP", float("nan")))
+        if self.live:
+            self._draw()
+        else:
+            self._line(f"{row.key}  {row.label}: iteration {int(metrics['iteration'])}/{row.total} AP {_number(row.ap)} "
+                       f"(AP50 {_number(metrics.get('AP50'))})")
+
     def trial_checkpoint(self, key: str, path: str, iteration: int) -> None:
         pass
 

@@ -47,7 +47,7 @@ from retina.paths import PACKAGE_DIR as RETINA_DIR, working_dir
 
 ORCHESTRATOR_DIR = Path(__file__).resolve().parent
 CHECKPOINT_META = "trial_checkpoint.json"  # beside checkpoint.pt: {"iteration", "trial_key"}
-TEXT_RESULT_KEYS = ("status", "eval_summary", "device")
+TEXT_RESULT_KEYS = ("status", "eval_summary", "device", "precision", "backbone_init", "backbone_weights_sha256")
 DATA_PARALLEL_DRIVER_MEMORY = 256 * 2**20  # bytes the Tune trial of a data-parallel trial reserves
 
 
@@ -73,6 +73,11 @@ def _restored_checkpoint() -> Optional[Any]:
 def _checkpoint_at(uri: str) -> Any:
     """A checkpoint directory at a local path or a storage URI (s3://, gs://, ...)."""
     return tune.Checkpoint(uri)
+
+
+def fetch_checkpoint(uri: str, directory: Path) -> None:
+    """Copy the checkpoint directory at ``uri`` (a local path or a storage URI) into ``directory``."""
+    _checkpoint_at(uri).to_directory(str(directory))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,6 +120,8 @@ def _run_fit(key: str, spec: Dict[str, Any], report, restored, device: str, rest
         def on_metrics(metrics: Dict[str, Any]) -> None:
             if "iteration" in metrics and "loss" in metrics:  # not fit's final summary
                 report({"event": "progress", **metrics})
+            elif "iteration" in metrics and "AP" in metrics:  # an evaluation during training (eval.every)
+                report({"event": "eval", **metrics})
 
         def on_checkpoint(path: str, iteration: int) -> None:
             folder = Path(path).parent
@@ -137,6 +144,7 @@ def train_trial(config: Dict[str, Any], specs: Dict[str, Dict[str, Any]],
     """One trial: ``config["trial_key"]`` selects its spec {config, resume_from}; fit runs to the end.
 
     Reports, in order: {"event": "start"}, {"event": "progress", ...} every log interval,
+    {"event": "eval", iteration, AP, AP50, AP75} every ``eval.every`` iterations,
     {"event": "checkpoint", "iteration"} with each checkpoint, and {"event": "final", ...}.
     A diverged run is a normal result (status "diverged"); an exception fails the trial.
     ``parallel`` (see :func:`run_trials`): {"workers" > 1, ...} runs it data-parallel through Ray
@@ -226,6 +234,7 @@ class TrialListener(Protocol):
     def trial_started(self, key: str) -> None: ...
     def trial_running(self, key: str, info: Dict[str, Any]) -> None: ...
     def trial_progress(self, key: str, metrics: Dict[str, Any]) -> None: ...
+    def trial_eval(self, key: str, metrics: Dict[str, Any]) -> None: ...
     def trial_checkpoint(self, key: str, path: str, iteration: int) -> None: ...
     def trial_finished(self, key: str, result: Dict[str, Any]) -> None: ...
     def trial_failed(self, key: str, error: str) -> None: ...
@@ -273,6 +282,9 @@ class _Forward(tune.Callback):
                                               ("start_iteration", "device", "host", "resumed_from")})
         elif event == "progress":
             self._each("trial_progress", key, {k: v for k, v in result.items() if k != "event"})
+        elif event == "eval":
+            self._each("trial_eval", key, {k: result[k] for k in ("iteration", "AP", "AP50", "AP75", "eval_s")
+                                          if k in result})
         elif event == "checkpoint":
             self.checkpoint_iteration[key] = int(result["iteration"])
             if result.get("checkpoint_uri"):  # a data-parallel trial: Ray Train stored it, Tune holds none

@@ -7,9 +7,9 @@ base profile, overrides, and its rows::
     tables: [1a, 1b]             # paper tables / sections the rows belong to (see TABLES)
     profile: cpu                 # default profile; --profile overrides it
     base: {loss.kind: focal}     # retina config overrides for every row (nested or dotted keys)
-    seeds: [0]                   # each row runs once per seed (sets train.seed); default: as configured
-    rows:                        # explicit rows
-      - {table: 1b, label: "FL gamma=0.1 alpha=0.75", set: {loss.gamma: 0.1, loss.alpha: 0.75}}
+    seeds: [0, 1, 2]             # each row runs once per seed (see below); default [0]
+    rows:                        # explicit rows; a row may give its own seeds
+      - {table: 1b, label: "FL gamma=0.1 alpha=0.75", set: {loss.gamma: 0.1, loss.alpha: 0.75}, seeds: [0, 1, 2]}
     grid:                        # cartesian rows: one per combination of the axes' values
       - table: 1a
         label: "CE alpha={loss.alpha}"     # {dotted.key} or {dotted.key:.2f}: the row's value
@@ -23,8 +23,12 @@ base profile, overrides, and its rows::
         resources: {...}
 
 A row's resolved config is schema <- profile <- ``base`` <- ``profiles.<p>.base`` <- the row's
-``set`` and axis values <- ``train.seed`` from ``seeds`` <- command-line ``--set``; it is validated
-with retina's own checks. Labels always show the values the file's ``axes`` declare (the paper's),
+``set`` and axis values <- command-line ``--set``, then its seed; it is validated with retina's own
+checks. A seed is a fresh draw of everything random: seed ``k`` of a row adds ``k`` to its
+``train.seed`` (initialization, data order, flips) and to its ``data.synthetic.seed`` (the synthetic
+dataset itself), so ``--set train.seed=N data.synthetic.seed=N`` runs the whole sweep on other draws.
+Seeds are the row's ``seeds`` (a row or grid entry may give its own: the decisive rows of a table can
+run three while the others run one), else the file's, else ``[0]``. Labels always show the values the file's ``axes`` declare (the paper's),
 so a row keeps its paper name under every profile; a per-profile substitution is recorded in
 :attr:`Trial.scaled` (and so in MLflow and the dry-run listing).
 
@@ -41,7 +45,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -58,9 +62,13 @@ TABLES: Dict[str, str] = {
     "5.1": "Section 5.1: CE with and without the prior initialization",
 }
 
-# Config keys that change how a run is logged, stored, parallelized or compiled, never what it
-# computes (train.compile: the same network, kernels fused; equal up to float rounding).
+# Config keys that change how a run is logged, stored, parallelized, compiled or evaluated, never what
+# it trains (train.compile: the same network, kernels fused; equal up to float rounding). A key ending
+# in "." excludes every key under it.
 KEY_EXCLUDED: Tuple[str, ...] = (
+    "eval.",  # every evaluation setting (a prefix): `orchestrator evaluate` re-scores a checkpoint instead
+    "data.max_val_images",
+    "pretrain.num_threads",
     "output_dir",
     "train.log_every",
     "train.checkpoint_every",
@@ -78,8 +86,8 @@ KEY_OMITTED_AT: Dict[str, Any] = {
 
 TOP_LEVEL_KEYS = ("name", "description", "tables", "profile", "base", "seeds", "rows", "grid", "resources",
                   "profiles")
-ROW_KEYS = ("table", "label", "set")
-GRID_KEYS = ("table", "label", "axes", "set")
+ROW_KEYS = ("table", "label", "set", "seeds")
+GRID_KEYS = ("table", "label", "axes", "set", "seeds")
 PROFILE_SECTION_KEYS = ("base", "axes", "resources")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")
 KEY_LENGTH = 12  # hex digits of sha256: 48 bits, collisions negligible for any number of trials here
@@ -163,9 +171,16 @@ def trial_key(cfg: DictConfig | Mapping[str, Any]) -> str:
     normalizes values first (``gamma: 0`` is 0.0)."""
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     flat = {k: v for k, v in config_lib._flatten(container).items()
-            if k not in KEY_EXCLUDED and not (k in KEY_OMITTED_AT and v == KEY_OMITTED_AT[k])}
+            if not key_excluded(k) and not (k in KEY_OMITTED_AT and v == KEY_OMITTED_AT[k])}
+    if flat.get("model.backbone_weights") != "synthetic":  # the pretrain settings make no difference then
+        flat = {k: v for k, v in flat.items() if not k.startswith("pretrain.")}
     canonical = json.dumps(flat, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def key_excluded(key: str) -> bool:
+    """Whether config key ``key`` is left out of trial keys (:data:`KEY_EXCLUDED`)."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in KEY_EXCLUDED)
 
 
 def nest(d: Mapping[str, Any]) -> dict:
@@ -227,6 +242,7 @@ class _Row:
     values: dict  # nested overrides: set + axis values used
     where: str  # "file: grid[0] ('CE alpha=0.1')"
     scaled: Dict[str, Tuple[Any, Any]]
+    seeds: Optional[List[int]] = None  # the row's own seeds (None: the file's)
 
 
 SWEEPS_DIR = Path(__file__).resolve().parent / "sweeps"  # the shipped sweep files (package data)
@@ -313,13 +329,15 @@ def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Seque
     seen: Dict[Tuple[str, str, int], str] = {}
     base_flat = config_lib.flatten(base_config)
     for row in rows:
-        for seed in seeds:
-            row_sources = [(row.where, row.values)]
-            if seed is not None:
-                row_sources.append((f"{where}: seeds", {"train": {"seed": seed}}))
-            row_cfg = head
-            for source, values in row_sources + cli_sources:
-                row_cfg = config_lib.merge_into(row_cfg, values, source)
+        row_sources = [(row.where, row.values)]
+        row_base = head
+        for source, values in row_sources + cli_sources:
+            row_base = config_lib.merge_into(row_base, values, source)
+        for seed in row.seeds if row.seeds is not None else seeds:
+            # seed k: train.seed and data.synthetic.seed of the row plus k
+            row_cfg = row_base if seed == 0 else config_lib.merge_into(row_base, {
+                "train": {"seed": int(row_base.train.seed) + seed},
+                "data": {"synthetic": {"seed": int(row_base.data.synthetic.seed) + seed}}}, f"{row.where}: seed {seed}")
             _validate(row_cfg, head_sources + row_sources + cli_sources, row.where, check_paths)
             seed_used = int(row_cfg.train.seed)
             ident = (row.table, row.label, seed_used)
@@ -376,9 +394,9 @@ def _tables(value: Any, where: str) -> List[str]:
     return out
 
 
-def _seeds(value: Any, where: str) -> List[Optional[int]]:
+def _seeds(value: Any, where: str) -> List[int]:
     if value is None:
-        return [None]  # keep train.seed as configured
+        return [0]  # train.seed and data.synthetic.seed as configured
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if (not isinstance(value, list) or not value
@@ -387,6 +405,11 @@ def _seeds(value: Any, where: str) -> List[Optional[int]]:
     if len(set(value)) != len(value):
         raise ConfigError(f"{where}: seeds={value!r} repeats a seed; expected distinct seeds")
     return list(value)
+
+
+def _row_seeds(entry: Mapping, where: str) -> Optional[List[int]]:
+    """A row's (or grid entry's) own ``seeds``; None: the file's."""
+    return None if entry.get("seeds") is None else _seeds(entry.get("seeds"), where)
 
 
 def _resources(value: Any, where: str) -> Resources:
@@ -484,7 +507,8 @@ def _explicit_rows(entries: list, tables: List[str], where: str) -> List[_Row]:
         if not isinstance(label, str) or not label.strip():
             raise ConfigError(f"{at}: missing 'label'; expected the row's name in the report, e.g. \"CE alpha=0.5\"")
         table = _row_table(entry, tables, at)
-        rows.append(_Row(table, label, _set(entry, at), f"{at} ({table} '{label}')", {}))
+        rows.append(_Row(table, label, _set(entry, at), f"{at} ({table} '{label}')", {},
+                         _row_seeds(entry, at)))
     return rows
 
 
@@ -540,7 +564,7 @@ def _grid_rows(grids: list, tables: List[str], profile_axes: Mapping, profile: s
             label = _format_label(label_format, {**set_flat, **declared}, at)
             scaled = {k: (declared[k], used[k]) for k in keys if used[k] != declared[k]}
             values = _deep_merge(row_set, nest(used))
-            rows.append(_Row(table, label, values, f"{at} ({table} '{label}')", scaled))
+            rows.append(_Row(table, label, values, f"{at} ({table} '{label}')", scaled, _row_seeds(entry, at)))
     return rows
 
 
@@ -630,9 +654,3 @@ def distinct_data_configs(sweep: Sweep) -> List[DictConfig]:
 def sweep_files(directory: str | Path) -> List[Path]:
     """The sweep files in ``directory`` (profiles/ excluded)."""
     return sorted(p for p in Path(directory).glob("*.yaml") if p.is_file())
-
-
-def iter_rows(sweep: Sweep) -> Iterable[Tuple[Membership, Trial]]:
-    for t in sweep.trials:
-        for m in t.memberships:
-            yield m, t

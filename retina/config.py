@@ -47,9 +47,10 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     depth: int = 50  # ResNet depth: 18, 34, 50 or 101 (torchvision's ResNet)
-    # The backbone's initial weights (retina/backbone_weights.py): "" = random, trained from scratch; a
-    # torchvision weights name of that ResNet (IMAGENET1K_V1, IMAGENET1K_V2), read from torch hub's cache
-    # (downloaded there on first use where there is internet); or a path to a .pth state dict of it.
+    # The backbone's initial weights (retina/modeling/backbone_weights.py): "" = random, trained from
+    # scratch; a torchvision weights name of that ResNet (IMAGENET1K_V1, IMAGENET1K_V2), read from torch
+    # hub's cache (downloaded there on first use where there is internet); a path to a .pth state dict of
+    # it; or "synthetic": pre-trained once on synthetic data with the pretrain.* settings (retina/pretrain.py).
     backbone_weights: str = ""
     # "bn" (trainable BatchNorm), "frozen_bn" (statistics and affine fixed, as the paper and detectron2),
     # "sync_bn" (BatchNorm synchronized across data-parallel CUDA processes), "group" (GroupNorm(32)).
@@ -175,6 +176,24 @@ class EvalConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """The backbone ``model.backbone_weights=synthetic`` starts from (retina/pretrain.py): a ResNet trained
+    once to classify single synthetic objects of all 48 shape x colour classes, cached by these settings."""
+    image_size: int = 32  # pixels (ImageNet's 224 px against COCO's 600-800 is the same kind of gap)
+    num_images: int = 16000
+    min_object_fraction: float = 0.4  # object size / image size
+    max_object_fraction: float = 0.95
+    easy_distractors: int = 3
+    iterations: int = 500
+    batch_size: int = 128
+    lr: float = 0.2  # SGD, Nesterov momentum .9, cosine to 0 after warmup_iters
+    warmup_iters: int = 50
+    weight_decay: float = 5e-4
+    seed: int = 0
+    num_threads: int = 0  # torch threads while pre-training (0: torch's default, every core); changes nothing
+
+
+@dataclass
 class RetinaConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
@@ -183,6 +202,7 @@ class RetinaConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     output_dir: str = ""  # where `python -m retina.train` writes; "" = runs/<timestamp>
 
 
@@ -374,7 +394,7 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
             _fail(where, key, value, expected)
 
     need(m.depth in (18, 34, 50, 101), "model.depth", m.depth, "one of 18, 34, 50, 101")
-    _validate_backbone(m, need, check_paths)
+    _validate_backbone(m, cfg.pretrain, need, check_paths)
     need(m.fpn_channels >= 1, "model.fpn_channels", m.fpn_channels, "a positive integer")
     need(m.head_convs >= 0, "model.head_convs", m.head_convs, "an integer >= 0")
     need(m.head_norm in ("none", "group"), "model.head_norm", m.head_norm, "'none' or 'group'")
@@ -447,7 +467,7 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
     need(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer >= 1")
 
 
-def _validate_backbone(m: DictConfig, need, check_paths: bool) -> None:
+def _validate_backbone(m: DictConfig, cfg_pretrain: DictConfig, need, check_paths: bool) -> None:
     """model.backbone_weights / backbone_norm / freeze_at, and the combinations that cannot work."""
     from .modeling.backbone_weights import TORCHVISION_WEIGHT_NAMES, is_weights_name, resolve
 
@@ -465,6 +485,16 @@ def _validate_backbone(m: DictConfig, need, check_paths: bool) -> None:
         need(m.backbone_norm != "frozen_bn", "model.backbone_norm", m.backbone_norm,
              "'bn', 'sync_bn' or 'group' with a randomly initialized backbone (model.backbone_weights=''): "
              "frozen BatchNorm needs trained statistics")
+    elif weights == "synthetic":
+        p = cfg_pretrain
+        need(p.image_size >= 16, "pretrain.image_size", p.image_size, "an integer >= 16")
+        need(p.num_images >= 100, "pretrain.num_images", p.num_images, "an integer >= 100")
+        need(0.0 < p.min_object_fraction <= p.max_object_fraction <= 1.0, "pretrain.max_object_fraction",
+             p.max_object_fraction, "0 < pretrain.min_object_fraction <= max_object_fraction <= 1")
+        need(p.iterations >= 1 and p.batch_size >= 1, "pretrain.iterations", p.iterations, "an integer >= 1")
+        need(p.lr > 0 and p.weight_decay >= 0, "pretrain.lr", p.lr, "a positive learning rate")
+        need(m.backbone_norm != "group", "model.backbone_norm", m.backbone_norm,
+             "'bn', 'frozen_bn' or 'sync_bn' with model.backbone_weights=synthetic (a BatchNorm ResNet)")
     elif is_weights_name(weights):
         names = TORCHVISION_WEIGHT_NAMES[m.depth]
         need(weights in names, "model.backbone_weights", weights,

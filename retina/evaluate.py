@@ -24,16 +24,24 @@ from . import config as config_lib
 EVAL_OVERRIDABLE = ("eval.", "data.max_val_images", "data.num_workers", "train.device", "train.num_threads")
 
 
-def checkpoint_config(state: dict, overrides: Sequence[str] = ()):
-    """The validated config stored in a checkpoint, with evaluation ``overrides`` (key=value) applied;
-    any other key is a one-line ConfigError."""
-    overrides = list(overrides)
+def check_eval_overrides(overrides: Sequence[str]) -> None:
+    """Every override is ``key=value`` with a key an evaluation may change (:data:`EVAL_OVERRIDABLE`), and
+    a known one; else a one-line ConfigError."""
+    parsed = config_lib.parse_dotlist(list(overrides))
+    config_lib.merge_into(config_lib.schema(), parsed, "command line")  # unknown keys, wrong types
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in EVAL_OVERRIDABLE):
             raise config_lib.ConfigError(
                 f"command line: {key} cannot change when a checkpoint is evaluated (the model is trained already); "
                 f"expected eval.* , data.max_val_images, data.num_workers, train.device or train.num_threads")
+
+
+def checkpoint_config(state: dict, overrides: Sequence[str] = ()):
+    """The validated config stored in a checkpoint, with evaluation ``overrides`` (key=value) applied;
+    any other key is a one-line ConfigError."""
+    overrides = list(overrides)
+    check_eval_overrides(overrides)
     cfg = config_lib.from_container(state["config"])
     if overrides:
         cfg = config_lib.merge_into(cfg, config_lib.parse_dotlist(overrides), "command line")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's retina, as the runs' `python -m retina.train` in ROOT use
 RECORDS = ROOT / "docs" / "small_regime_runs.jsonl"
 TABLE = ROOT / "docs" / "small_regime.md"
 RUNS_DIR = ROOT / ".cache" / "study"
@@ -63,6 +64,9 @@ class Setting:
     profile: str = "cpu"
 
 
+# The exploratory pre-trained backbone (see "xpre" below), frozen BN, stem and res2 frozen.
+PRE = ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn", "model.freeze_at=2")
+
 # Every setting tried, in the order they were tried. Overrides are over the profile (cpu: ResNet-18-FPN-64
 # from scratch, 96 px, 2-5 objects of 12-96 px, 3 classes, 240 x 8 images, lr .02, clip 5).
 SETTINGS: Dict[str, Setting] = {
@@ -78,6 +82,23 @@ SETTINGS: Dict[str, Setting] = {
                    ("loss.normalizer_momentum=0.9",)),
     "lr01": Setting("lr .01 (default .02)", ("train.lr=0.01",)),
     "lr04": Setting("lr .04 (default .02)", ("train.lr=0.04",)),
+    # exploratory: a ResNet-18 pre-trained by /tmp/pretrain_quick.py (classification of 48 synthetic
+    # shape x colour classes at 32 px, 500 x 128 images, 90% accuracy; not a committed tool yet)
+    "xpre": Setting("exploratory pre-trained backbone (32 px classification), frozen BN, freeze_at 2",
+                    ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn", "model.freeze_at=2")),
+    "xpre_c24": Setting("xpre + 24 classes", ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn",
+                                              "model.freeze_at=2", "data.synthetic.num_classes=24")),
+    "xpre_sparse": Setting("xpre + 1-2 objects of 12-48 px", (*PRE, "data.synthetic.min_objects=1",
+                                                                  "data.synthetic.max_objects=2",
+                                                                  "data.synthetic.max_object_size=48.0")),
+    "xpre_c6": Setting("xpre + 6 classes", (*PRE, "data.synthetic.num_classes=6")),
+    "xpre_long": Setting("xpre, 480 iterations (2x)", (*PRE, "train.iterations=480")),
+    "xpre_192": Setting("xpre on a 192 px canvas (objects 12-96 px as before: 4x the anchors)",
+                        (*PRE, "data.synthetic.image_size=192", "data.min_size=192", "data.max_size=192")),
+    "xpre_c48_sparse": Setting("xpre + 48 classes + 1-2 objects of 12-48 px",
+                               ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn",
+                                "model.freeze_at=2", "data.synthetic.num_classes=48", "data.synthetic.min_objects=1",
+                                "data.synthetic.max_objects=2", "data.synthetic.max_object_size=48.0")),
 }
 
 

@@ -11,7 +11,7 @@ import math
 import shutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import pandas as pd
 import pytest
@@ -100,10 +100,12 @@ def report_of(tmp_path: Path, empty_db: Path, table: str, metrics: Metrics,
     return report, filled
 
 
-def claim(report, table: str) -> Optional[bool]:
+def claim(report, table: str) -> Tuple[str, Optional[bool]]:
+    """(mark, direction) of the table's claim: these stores hold one seed per row, so a comparison of
+    rows says "single seed" and its direction; 1e (a trend over scales) and 5.1 (statuses) decide."""
     found = {v.claim: v for v in report.verdicts[table]}
     assert CLAIM[table] in found, f"{table}: no verdict '{CLAIM[table]}' in {list(found)}"
-    return found[CLAIM[table]].holds
+    return found[CLAIM[table]].mark, found[CLAIM[table]].direction
 
 
 def with_changes(metrics: Metrics, changes: Dict[str, Dict[str, float]]) -> Metrics:
@@ -140,17 +142,17 @@ def test_1c_table_and_claim_holds(tmp_path, empty_db):
     assert list(df["label"]) == ["1 scale x 1 ratio", "2 scales x 1 ratio", "3 scales x 1 ratio", "1 scale x 3 ratios",
                                  "2 scales x 3 ratios", "3 scales x 3 ratios", "4 scales x 3 ratios"]
     assert df.set_index("label").loc["2 scales x 3 ratios", "AP_paper"] == pytest.approx(34.2)
-    assert claim(report, "1c") is True
-    v = {x.claim: x.holds for x in report.verdicts["1c"]}
-    assert v["best row matches the paper's"] is True
-    assert v["rank agreement with the paper (Spearman rho of AP over rows)"] is True
+    assert claim(report, "1c") == ("single seed", True)
+    v = {x.claim: x for x in report.verdicts["1c"]}
+    assert (v["best row matches the paper's"].mark, v["best row matches the paper's"].direction) == ("single seed", True)
+    assert v["rank agreement with the paper (Spearman rho of AP over rows)"].mark == "holds"
 
 
 def test_1c_claim_flips_when_the_single_square_anchor_wins(tmp_path, empty_db):
     metrics = with_changes(paper_shaped("1c"), {"1 scale x 1 ratio": {"AP": 5.0}})
     report, _ = report_of(tmp_path, empty_db, "1c", metrics)
-    assert claim(report, "1c") is False
-    assert {x.claim: x.holds for x in report.verdicts["1c"]}["best row matches the paper's"] is False
+    assert claim(report, "1c") == ("single seed", False)
+    assert {x.claim: x.direction for x in report.verdicts["1c"]}["best row matches the paper's"] is False
 
 
 def test_a_stale_run_of_a_row_is_shown_beside_it_and_changes_no_verdict(tmp_path, empty_db):
@@ -176,8 +178,8 @@ def test_a_stale_run_of_a_row_is_shown_beside_it_and_changes_no_verdict(tmp_path
     assert list(lines["status"]) == ["finished", "finished (not in sweep)"]
     assert list(lines["run_ids"]) == [filled["runs"][label], stale]
     assert lines["AP"].iloc[0] == pytest.approx(metrics[label]["AP"]) and math.isnan(lines["AP"].iloc[1])
-    assert claim(report, "1c") is True
-    v = {x.claim: x.holds for x in report.verdicts["1c"]}
+    assert claim(report, "1c") == ("single seed", True)
+    v = {x.claim: x.direction for x in report.verdicts["1c"]}
     assert v["best row matches the paper's"] is True
 
 
@@ -195,14 +197,14 @@ def test_1d_table_and_claim_holds(tmp_path, empty_db):
     assert tuple(by.loc["OHEM 1:3 batch=256 nms=0.5", ["method", "batch_size", "nms_thr"]]) == ("OHEM 1:3", "256", "0.5")
     assert tuple(by.loc["OHEM batch=512 nms=0.7", ["method", "batch_size", "nms_thr"]]) == ("OHEM", "512", "0.7")
     assert by.loc["FL", "AP_paper"] == pytest.approx(36.0) and by.loc["FL", "AP"] == pytest.approx(3.6)
-    assert claim(report, "1d") is True
+    assert claim(report, "1d") == ("single seed", True)
 
 
 @pytest.mark.parametrize("ohem_row", ["OHEM batch=128 nms=0.5", "OHEM 1:3 batch=512 nms=0.5"])
 def test_1d_claim_flips_when_an_ohem_row_beats_fl(tmp_path, empty_db, ohem_row):
     metrics = with_changes(paper_shaped("1d"), {ohem_row: {"AP": 3.7}})  # FL: 3.6
     report, _ = report_of(tmp_path, empty_db, "1d", metrics)
-    assert claim(report, "1d") is False
+    assert claim(report, "1d") == ("single seed", False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def test_1e_table_and_claim_holds(tmp_path, empty_db):
     assert tuple(by.loc["R101 800px", ["depth", "scale"]]) == ("101", "800")
     assert by.loc["R101 800px", "time_ms_paper"] == pytest.approx(198) and by.loc["R101 800px", "time_ms"] == pytest.approx(19.8)
     assert by.loc["R50 400px", "APS_paper"] == pytest.approx(11.2) and by.loc["R50 400px", "APS"] == pytest.approx(1.12)
-    assert claim(report, "1e") is True
+    assert claim(report, "1e") == ("holds", True)
 
 
 def test_1e_claim_flips_when_ap_falls_with_scale(tmp_path, empty_db):
@@ -227,7 +229,7 @@ def test_1e_claim_flips_when_ap_falls_with_scale(tmp_path, empty_db):
     r101 = [f"R101 {s}px" for s in (400, 500, 600, 700, 800)]
     flipped = with_changes(metrics, {a: {"AP": metrics[b]["AP"]} for a, b in zip(r101, reversed(r101))})
     report, _ = report_of(tmp_path, empty_db, "1e", flipped)
-    assert claim(report, "1e") is False
+    assert claim(report, "1e") == ("does not hold", False)
 
 
 def test_1e_claim_flips_when_time_falls_with_scale(tmp_path, empty_db):
@@ -235,7 +237,7 @@ def test_1e_claim_flips_when_time_falls_with_scale(tmp_path, empty_db):
     r50 = [f"R50 {s}px" for s in (400, 500, 600, 700, 800)]
     flipped = with_changes(metrics, {a: {"inference_ms": metrics[b]["inference_ms"]} for a, b in zip(r50, reversed(r50))})
     report, _ = report_of(tmp_path, empty_db, "1e", flipped)
-    assert claim(report, "1e") is False
+    assert claim(report, "1e") == ("does not hold", False)
 
 
 def test_1e_claim_flips_when_the_shallower_net_is_better(tmp_path, empty_db):
@@ -244,7 +246,7 @@ def test_1e_claim_flips_when_the_shallower_net_is_better(tmp_path, empty_db):
     flipped = with_changes(metrics, {f"R50 {s}px": {"AP": metrics[f"R101 {s}px"]["AP"] + 0.5}
                                      for s in (400, 500, 600, 700, 800)})
     report, _ = report_of(tmp_path, empty_db, "1e", flipped)
-    assert claim(report, "1e") is False
+    assert claim(report, "1e") == ("does not hold", False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,19 +267,19 @@ def test_5_1_table_and_claim_holds(tmp_path, empty_db):
     assert df.loc["true", "AP"] == pytest.approx(3.02) and math.isnan(df.loc["false", "AP"])
     assert df.loc["true", "status"] == "finished" and df.loc["false", "status"] == "diverged"
     assert df.loc["true", "run_ids"] == filled["runs"][WITH] and df.loc["false", "run_ids"] == filled["runs"][WITHOUT]
-    assert claim(report, "5.1") is True
+    assert claim(report, "5.1") == ("single seed", True)
     assert [v.claim for v in report.verdicts["5.1"]] == [CLAIM["5.1"]]  # no rank verdicts: one real row
 
 
 def test_5_1_claim_flips_when_no_prior_trains(tmp_path, empty_db):
     metrics = {WITH: {"AP": 3.02}, WITHOUT: {"AP": 2.9}}
     report, _ = report_of(tmp_path, empty_db, "5.1", metrics)  # both finished
-    assert claim(report, "5.1") is False
+    assert claim(report, "5.1") == ("single seed", False)
 
 
 def test_5_1_claim_flips_when_the_prior_diverges_too(tmp_path, empty_db):
     report, _ = report_of(tmp_path, empty_db, "5.1", {}, status={WITH: "diverged", WITHOUT: "diverged"})
-    assert claim(report, "5.1") is False
+    assert claim(report, "5.1") == ("single seed", False)
 
 
 def test_5_1_claim_not_checked_without_a_run(tmp_path, empty_db):
@@ -289,17 +291,20 @@ def test_5_1_claim_not_checked_without_a_run(tmp_path, empty_db):
     report = build_report(tracking.read_sweep_record(uri, "prior_init"))
     df = report.tables["5.1"].set_index("prior_init")
     assert df.loc["false", "status"] == "missing"
-    assert claim(report, "5.1") is None
+    assert claim(report, "5.1") == ("not checked", None)
 
 
 def test_5_1_claim_counts_every_seed_of_a_row():
-    """Three seeds per row: statuses read "diverged x3" / "finished x3", and the claim still holds."""
+    """Three seeds per row: statuses read "diverged x3" / "finished x3", and the claim holds; where the
+    seeds disagree it is inconclusive; where every seed without the prior trains it does not hold."""
     import pandas as pd
 
     from orchestrator.report import verdicts
 
-    df = pd.DataFrame({"primary": [True, True], "prior_init": ["true", "false"],
-                       "status": ["finished x3", "diverged x3"], "AP": [5.0, float("nan")]})
-    assert verdicts("5.1", df)[0].holds is True
+    df = pd.DataFrame({"primary": [True, True], "prior_init": ["true", "false"], "label": ["with", "without"],
+                       "status": ["finished x3", "diverged x3"], "AP": [5.0, float("nan")], "run_ids": ["a", "b"]})
+    assert verdicts("5.1", df)[0].mark == "holds"
     df["status"] = ["finished x3", "finished, diverged x2"]
-    assert verdicts("5.1", df)[0].holds is False
+    assert verdicts("5.1", df)[0].mark == "inconclusive"
+    df["status"] = ["finished x3", "finished x3"]
+    assert verdicts("5.1", df)[0].mark == "does not hold"

@@ -62,14 +62,59 @@ def _storage_path(value: Optional[str]) -> str:
     return str(path)
 
 
+def check_weights(sweep: Sweep) -> None:
+    """Resolve each distinct backbone weights setting of the sweep once, in the driver: a torchvision
+    name is downloaded into torch hub's cache now (where there is internet), so that weights that
+    cannot be had are one line before any trial starts, never a failure in every trial."""
+    from retina.modeling.backbone_weights import resolve
+
+    done = set()
+    for t in sweep.trials:
+        m = t.config.model
+        what = (int(m.depth), str(m.backbone_weights), str(t.config.pretrain) if m.backbone_weights == "synthetic" else "")
+        if what not in done:
+            done.add(what)
+            resolve(str(m.backbone_weights), int(m.depth), pretrain=t.config.pretrain)
+
+
+def describe_backbones(sweep: Sweep) -> List[str]:
+    """One line per distinct backbone initialization of the sweep (what --dry-run prints)."""
+    from retina.modeling.backbone_weights import describe_spec
+
+    seen = sorted({(int(t.config.model.depth), str(t.config.model.backbone_weights), str(t.config.model.backbone_norm),
+                    int(t.config.model.freeze_at)) for t in sweep.trials})
+    return [f"backbone: ResNet-{depth}, {describe_spec(spec, depth)}; {norm}, freeze_at {freeze}"
+            for depth, spec, norm, freeze in seen]
+
+
+def rerun_keys(sweep: Sweep, state, what: List[str]) -> List[str]:
+    """The trials ``--rerun`` names: ``failed``, ``diverged``, ``all`` (every trial with a run) or trial
+    keys of the sweep; a key the sweep does not have is bad input."""
+    keys = {t.key for t in sweep.trials}
+    out: List[str] = []
+    for item in what:
+        if item in ("failed", "diverged"):
+            out += [k for k, r in state.trials.items() if k in keys and r.status == item]
+        elif item == "all":
+            out += [k for k in state.trials if k in keys]
+        elif item in keys:
+            out += [item] if item in state.trials else []
+        else:
+            raise ConfigError(f"--rerun {item}: not a trial key of {sweep.name} nor one of failed, diverged, all; "
+                              f"see the keys with --dry-run")
+    return sorted(set(out))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     begun = time.monotonic()
     try:
         sweep = load_sweep(args.sweep, profile=args.profile, overrides=args.set, check_paths=True)
         _check_numbers(args)
         if args.dry_run:
-            check_datasets(sweep, generate_synthetic=False)
+            check_datasets(sweep, generate_synthetic=False)  # (a weights file was checked by load_sweep)
             print(dry_run_listing(sweep))
+            for line in describe_backbones(sweep):
+                print(line)
             r = sweep.resources
             cpus = args.cpus_per_trial or r.cpus_per_trial
             gpus = args.gpus_per_trial if args.gpus_per_trial is not None else r.gpus_per_trial
@@ -90,8 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if other:
             raise tracking.TrackingError(f"sweep {sweep.name} is being run right now by driver {other} (host:pid); "
                                          "wait for it or stop it, then run again")
-        if any(not state.done(t.key) for t in sweep.trials):
+        rerun = rerun_keys(sweep, state, args.rerun or [])
+        if any(not state.done(t.key) or t.key in rerun for t in sweep.trials):
             check_datasets(sweep)  # before any trial starts; skipped when there is nothing to run
+            check_weights(sweep)
     except Exception as e:  # noqa: BLE001 - bad input is reported in one line; anything else propagates
         if isinstance(e, _preflight_errors()):
             return fail(e)
@@ -109,6 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"tracking: recorded {count} writes that the last run kept in {journal}")
         state = tracking.read_state(uri, sweep.name)
 
+    superseded = {k: state.trials.pop(k) for k in rerun}  # retrained from scratch in a run of their own
     todo = [t for t in sweep.trials if not state.done(t.key)]
     skipped = len(sweep.trials) - len(todo)
     if not todo:
@@ -133,12 +181,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 workers_per_trial=args.workers_per_trial)
         except runner.RunnerError as e:
             return fail(e)
-        return _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun)
+        return _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun,
+                        superseded)
     finally:
         runner.stop_ray(cluster)
 
 
-def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun) -> int:
+def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun,
+             superseded) -> int:
     """From here on things are written: MLflow runs, checkpoints."""
     from .. import runner, tracking
     from ..outbox import Outbox, write_journal
@@ -162,8 +212,12 @@ def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, 
                 print(f"{t.key}  {t.label}: checkpoint {record.checkpoint} is gone; starting over")
         specs.append(runner.TrialSpec(t.key, t.container(), resume_from))
 
-    tracker = tracking.SweepTracker(uri, sweep, state)
+    tracker = tracking.SweepTracker(uri, sweep, state, entry_point=_entry_point(args))
     tracker.open()  # the store answered check_store a moment ago; from here on writes go through the outbox
+    if superseded:
+        tracker.supersede({k: r.run_id for k, r in superseded.items()}, " ".join(args.rerun))
+        print(f"--rerun {' '.join(args.rerun)}: {len(superseded)} trials retrain from scratch in new runs; their "
+              "old runs stay, tagged superseded")
     where = f"Ray cluster {cluster.address}" if cluster.address else "local Ray"
     print(f"sweep {sweep.name} ({sweep.path}), profile {sweep.profile}: {len(sweep.trials)} trials, "
           f"{skipped} done before (skipped), {len(todo)} to run"
@@ -209,6 +263,12 @@ def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, 
             print(f"failed: {key}  {sweep.trial(key).label}: {view.rows[key].error}")
         return EXIT_TRIAL_FAILED
     return 0
+
+
+def _entry_point(args: argparse.Namespace) -> str:
+    """What MLflow's Source column shows for the runs of this invocation."""
+    return "python -m orchestrator run " + " ".join([str(args.sweep)] + (["--profile", args.profile] if args.profile
+                                                                         else []))
 
 
 def journal_path(storage: str, sweep_name: str, uri: str) -> Path:

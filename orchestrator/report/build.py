@@ -7,9 +7,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import pandas as pd
 
 from ..sweep import TABLES, format_value
-from .claims import Verdict, verdicts
+from .claims import Verdict, sweep_noise, verdicts
 from .paper import PAPER
-from .rows import OurRow, build_table, our_rows
+from .rows import OurRow, build_table, mark_convergence, our_rows
 
 
 def settings(record) -> Dict[str, Any]:
@@ -20,6 +20,15 @@ def settings(record) -> Dict[str, Any]:
 
     gpu_s = sum(r.metrics.get("train_time_s", 0.0) for r in record.runs if r.tags.get("device", "").startswith("cuda"))
     all_s = sum(r.metrics.get("train_time_s", 0.0) for r in record.runs)
+    versions = sorted({r.tags.get("code_version", "?") for r in record.runs})
+    flags = []
+    if len(versions) > 1:
+        flags.append(f"mixed: the runs come from {len(versions)} code versions")
+    if any(v.endswith("-dirty") for v in versions):
+        flags.append("dirty: some runs were made from a tree with uncommitted changes")
+    evaluated = sorted({r.tags["eval_overrides"] for r in record.runs if r.tags.get("eval_overrides")})
+    if evaluated:
+        flags.append(f"re-scored by `orchestrator evaluate` ({'; '.join(evaluated)})")
     return {
         "profile": record.parent_tags.get("profile") or values("profile", "tags"),
         "data": f"{values('data.source')} (min_size {values('data.min_size')}, max_size {values('data.max_size')})",
@@ -29,7 +38,10 @@ def settings(record) -> Dict[str, Any]:
         "hardware": f"{values('device', 'tags')} on {values('host', 'tags')}",
         "gpu_hours": round(gpu_s / 3600, 3),
         "train_hours": round(all_s / 3600, 3),
-        "code_version": record.parent_tags.get("code_version", "?"),
+        "backbone": values("backbone_init", "tags") if any("backbone_init" in r.tags for r in record.runs) else
+        f"{values('model.backbone_weights') or 'random'} (as configured)",
+        "code_version": ", ".join(versions),
+        "code_flags": flags,
         "overrides": record.parent_tags.get("overrides", ""),
     }
 
@@ -60,5 +72,6 @@ def build_report(record) -> SweepReport:
     declared = [t for t in (record.parent_tags.get("table") or "").split(",") if t]
     order = [t for t in TABLES if t in set(declared) | set(rows)]
     tables = {t: build_table(t, rows.get(t, [])) for t in order if t in PAPER}
+    mark_convergence(tables, sweep_noise(tables).sd)
     found = {t: verdicts(t, df, tables) for t, df in tables.items()}
     return SweepReport(record.name, tables, found, settings(record), {}, [], _figure4_source(rows))

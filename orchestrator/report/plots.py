@@ -97,14 +97,43 @@ def plot_table(table: str, df: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+def plot_curves(table: str, df: pd.DataFrame, path: Path) -> bool:
+    """AP against iterations, one line per row (the mean over its seeds); rows that had not converged
+    dashed. False (nothing written) when no row has a curve."""
+    d = df[df["primary"] & df["curve"].map(lambda c: len(c) >= 2)]
+    if not len(d):
+        return False
+    fig, ax = plt.subplots(figsize=FIG_SIZE, dpi=FIG_DPI)
+    for i, (_, row) in enumerate(d.iterrows()):
+        steps, aps = zip(*row["curve"])
+        late = row["converged"] is False
+        ax.plot(steps, aps, "--" if late else "-", marker="o", markersize=3, color=f"C{i % 10}",
+                label=f"{row['label']}" + (" (not converged)" if late else "") + (f" [{row['seeds']} seeds]"
+                                                                                  if row["seeds"] > 1 else ""))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("AP (validation)")
+    ax.set_title(f"Table {table}: AP against iterations (mean over seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left", ncol=2 if len(d) > 6 else 1)
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13)
+    fig.savefig(path, dpi=FIG_DPI)
+    plt.close(fig)
+    return True
+
+
+def curves_file(table: str) -> str:
+    return f"ap_curves_{table.replace('.', '_')}.png"
+
+
 def write_plots(tables: Dict[str, pd.DataFrame], directory: Path) -> Dict[str, str]:
     """file name -> what it shows (or "skipped: why") for each table of the report."""
     out: Dict[str, str] = {}
     for table, df in tables.items():
-        if table not in FILES:
-            continue
-        name = FILES[table]
-        out[name] = WHAT[table] if plot_table(table, df, directory / name) else "skipped: no row has a result yet"
+        if table in FILES:
+            name = FILES[table]
+            out[name] = WHAT[table] if plot_table(table, df, directory / name) else "skipped: no row has a result yet"
+        if "curve" in df and plot_curves(table, df, directory / curves_file(table)):
+            out[curves_file(table)] = f"AP against iterations for the rows of {table} (dashed: not converged)"
     return out
 
 

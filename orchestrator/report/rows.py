@@ -13,6 +13,7 @@ import pandas as pd
 from retina.config import ConfigError
 
 from ..sweep import format_value
+from . import curves
 from .paper import OUR_METRIC, PAPER, paper_key, paper_table
 
 DONE = ("finished", "diverged")
@@ -38,12 +39,22 @@ class OurRow:
     def done(self) -> List[dict]:
         return [t for t in self.trials if t["status"] in DONE]
 
+    def values(self, metric: str) -> List[float]:
+        """``metric`` of each finished (or diverged) seed, by seed."""
+        done = sorted(self.done, key=lambda t: int(t["tags"].get("seed", 0) or 0))
+        return [float(t["metrics"][metric]) for t in done if metric in t["metrics"]]
+
     def stat(self, metric: str) -> Tuple[float, float]:
-        values = [t["metrics"][metric] for t in self.done if metric in t["metrics"]]
+        values = self.values(metric)
         if not values:
             return float("nan"), float("nan")
         s = pd.Series(values, dtype=float)
         return float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else float("nan")
+
+    @property
+    def curve(self) -> "curves.Curve":
+        """AP against iterations, the mean over the seeds (empty without evaluations during training)."""
+        return curves.mean_curve([t.get("curve") or [] for t in self.done if t["status"] == "finished"])
 
 
 def _expected_configs(record) -> Dict[str, Dict[str, Any]]:
@@ -95,7 +106,7 @@ def our_rows(record) -> Dict[str, List[OurRow]]:
             if status == "running" and not parent_running:
                 status = "interrupted"
             trial = {"key": key, "status": status, "run_id": run.run_id, "metrics": run.metrics,
-                     "config": run.params, "tags": run.tags, "stale": False}
+                     "config": run.params, "tags": run.tags, "stale": False, "curve": run.ap_curve}
         else:
             exp = expected.get(key, {})
             scaled = exp.get("scaled") or {}
@@ -110,7 +121,7 @@ def our_rows(record) -> Dict[str, List[OurRow]]:
         status = run.tags.get("status", "running")
         trial = {"key": key, "status": status if not record.manifest else f"{status} (not in sweep)",
                  "run_id": run.run_id, "metrics": run.metrics, "config": run.params, "tags": run.tags,
-                 "stale": bool(record.manifest)}
+                 "stale": bool(record.manifest), "curve": run.ap_curve}
         for name, label in run.tags.items():
             if name.startswith("row."):
                 for one in label.split(" | "):
@@ -129,7 +140,9 @@ def build_table(table: str, rows: List[OurRow]) -> pd.DataFrame:
     """One line per (paper row, our row): paper rows in the paper's order (a paper row without a trial
     shows as "not in sweep"), then our rows that match no paper row. Columns: the paper's key columns,
     ``label``, ``status``, ``seeds``, per metric ``<m>`` (ours, mean over seeds), ``<m>_std``,
-    ``<m>_paper``, ``<m>_diff``, ``run_ids``, ``primary`` (the row the verdicts use)."""
+    ``<m>_paper``, ``<m>_diff``, ``AP_seeds`` (AP of each seed), ``curve`` (AP against iterations, mean
+    over seeds), ``run_ids``, ``primary`` (the row the verdicts use). :func:`mark_convergence` adds
+    ``gain_last_quarter``, ``converged`` and ``convergence_tolerance``."""
     paper = paper_table(table)
     keys, metrics = PAPER[table][1], PAPER[table][2]
     by_key: Dict[Tuple[str, ...], List[OurRow]] = {}
@@ -154,6 +167,8 @@ def build_table(table: str, rows: List[OurRow]) -> pd.DataFrame:
             d[m], d[f"{m}_std"], d[f"{m}_paper"], d[f"{m}_diff"] = mean, std, ref, mean - ref
         if table == "5.1":
             d["paper_outcome"] = paper_row["outcome"] if paper_row is not None else ""
+        d["AP_seeds"] = ours.values("AP") if ours else []
+        d["curve"] = ours.curve if ours else []
         d["run_ids"] = " ".join(t["run_id"] for t in ours.trials if t["run_id"]) if ours else ""
         d["primary"] = primary
         return d
@@ -169,3 +184,13 @@ def build_table(table: str, rows: List[OurRow]) -> pd.DataFrame:
     df = pd.DataFrame(lines)
     df.insert(0, "table", table)
     return df
+
+
+def mark_convergence(tables: Dict[str, pd.DataFrame], tolerance: Optional[float]) -> None:
+    """Add to each table the AP gained over the last quarter of each row's schedule and whether it had
+    converged (curves.py): gained at most ``tolerance`` (the sweep's noise), or curves.DEFAULT_TOLERANCE."""
+    tolerance = curves.DEFAULT_TOLERANCE if tolerance is None else tolerance
+    for df in tables.values():
+        df["gain_last_quarter"] = [curves.last_quarter_gain(c) for c in df["curve"]]
+        df["converged"] = pd.Series([curves.converged(c, tolerance) for c in df["curve"]], index=df.index, dtype=object)
+        df["convergence_tolerance"] = tolerance

@@ -27,9 +27,9 @@ from .records import RunRecord, SweepRecord, log_report, read_sweep_record
 from .state import DONE, SweepState, SweepStatus, TrialRecord, list_sweeps, live_driver, read_state, sweep_status
 from .store import (TrackingError, check_store, default_tracking_uri, describe_store, ensure_quiet, is_outage,
                     store_exists)
-from .writer import CURVE_METRICS, FINAL_METRICS, SweepTracker, trial_tags, trials_manifest
+from .writer import CURVE_METRICS, FINAL_METRICS, EvaluationWriter, SweepTracker, trial_tags, trials_manifest
 
 __all__ = ["TrackingError", "default_tracking_uri", "check_store", "store_exists", "describe_store", "ensure_quiet",
            "is_outage", "read_state", "SweepState", "TrialRecord", "DONE", "live_driver", "list_sweeps", "sweep_status",
-           "SweepStatus", "SweepTracker", "trial_tags", "trials_manifest", "CURVE_METRICS", "FINAL_METRICS",
+           "SweepStatus", "SweepTracker", "EvaluationWriter", "trial_tags", "trials_manifest", "CURVE_METRICS", "FINAL_METRICS",
            "code_version", "read_sweep_record", "RunRecord", "SweepRecord", "log_report"]

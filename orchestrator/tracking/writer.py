@@ -16,12 +16,15 @@ from retina.config import flatten, to_yaml
 
 from ..progress import error_line
 from ..sweep import Sweep, Trial, format_value
-from .provenance import code_version
+from .provenance import source_tags
 from .state import SweepState
 from .store import artifact_location, mlflow_client
 
 CURVE_METRICS = ("loss_cls", "loss_box", "loss", "lr", "images_per_s", "num_foreground", "data_wait_share")
-FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "inference_ms", "train_time_s", "train_images_per_s")
+EVAL_METRICS = ("AP", "AP50", "AP75")  # by step during training (eval.every): the AP curve
+FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "inference_ms", "train_time_s", "train_images_per_s",
+                 "eval_during_training_s")
+RESULT_TAGS = ("backbone_init", "backbone_weights_sha256", "precision")  # fit's result, recorded as tags
 
 
 def tag_value(value: Any) -> str:
@@ -65,14 +68,20 @@ def trials_manifest(sweep: Sweep) -> List[dict]:
 class SweepTracker:
     """Driver-side MLflow writer for one sweep invocation; receives the runner's trial events."""
 
-    def __init__(self, uri: str, sweep: Sweep, state: SweepState, version: Optional[str] = None):
+    def __init__(self, uri: str, sweep: Sweep, state: SweepState, version: Optional[str] = None,
+                 entry_point: str = "python -m orchestrator run"):
         self.uri, self.sweep, self.state = uri, sweep, state
-        self.version = version or code_version()
+        # MLflow's standard source tags (git commit, source, user) and the code version, on every run
+        self.source = source_tags(entry_point)
+        if version is not None:
+            self.source["code_version"] = version
+        self.version = self.source["code_version"]
         self.client = mlflow_client(uri)
         self.experiment_id: Optional[str] = state.experiment_id
         self.parent_run_id: Optional[str] = state.parent_run_id
         self.run_ids: Dict[str, str] = {k: r.run_id for k, r in state.trials.items()}
         self.last_step: Dict[str, int] = {}
+        self.last_eval_step: Dict[str, int] = {}
         self.retries: Dict[str, int] = {}
 
     # -- sweep ----------------------------------------------------------------------------------
@@ -89,7 +98,7 @@ class SweepTracker:
                 self.experiment_id = c.get_experiment_by_name(sweep.name).experiment_id
         tags = {
             "kind": "sweep", "sweep": sweep.name, "table": ",".join(sweep.tables), "profile": sweep.profile,
-            "overrides": " ".join(sweep.overrides), "sweep_file": str(sweep.path), "code_version": self.version,
+            "overrides": " ".join(sweep.overrides), "sweep_file": str(sweep.path), **self.source,
             "num_trials": str(len(sweep.trials)), "num_rows": str(sweep.num_rows), "status": "running",
             "driver": f"{socket.gethostname()}:{os.getpid()}",
         }
@@ -104,6 +113,17 @@ class SweepTracker:
         c.log_text(self.parent_run_id, sweep.path.read_text(), "sweep.yaml")
         c.log_text(self.parent_run_id, json.dumps(trials_manifest(sweep), indent=1), "trials.json")
 
+    def supersede(self, run_ids: Dict[str, str], reason: str) -> None:
+        """Mark the old runs of trials that ``--rerun`` retrains: kept, but no longer the trial's run
+        (kind ``trial-superseded``, so neither the driver nor the report reads them as current)."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        for key, run_id in run_ids.items():
+            self._tags(run_id, {"kind": "trial-superseded", "superseded_at": when,
+                                "superseded_by": f"--rerun {reason}"})
+            self.run_ids.pop(key, None)
+            self.last_step.pop(key, None)
+            self.last_eval_step.pop(key, None)
+
     def close(self, outcome: str) -> None:
         """outcome: finished (every trial done), failed (some failed) or interrupted."""
         if self.parent_run_id is None:
@@ -117,7 +137,7 @@ class SweepTracker:
     def trial_started(self, key: str) -> None:
         trial = self.sweep.trial(key)
         c = self.client
-        tags = {**trial_tags(self.sweep, trial), "status": "running", "code_version": self.version}
+        tags = {**trial_tags(self.sweep, trial), "status": "running", **self.source}
         run_id = self.run_ids.get(key)
         if run_id is None:
             run = c.create_run(self.experiment_id, run_name=f"{trial.label} [{key}]",
@@ -155,6 +175,21 @@ class SweepTracker:
             self.client.log_batch(self.run_ids[key], metrics=batch)
         self.last_step[key] = step
 
+    def trial_eval(self, key: str, metrics: Dict[str, Any]) -> None:
+        """AP, AP50, AP75 at the iteration evaluated (the run page's AP curve); a step logged before an
+        interruption is not logged again."""
+        step = int(metrics["iteration"])
+        if key not in self.last_eval_step:
+            history = self.client.get_metric_history(self.run_ids[key], "AP")
+            self.last_eval_step[key] = max((m.step for m in history), default=0)
+        if step <= self.last_eval_step[key]:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(metrics[k]), now, step) for k in EVAL_METRICS if _finite(metrics.get(k))]
+        if batch:
+            self.client.log_batch(self.run_ids[key], metrics=batch)
+        self.last_eval_step[key] = step
+
     def trial_checkpoint(self, key: str, path: str, iteration: int) -> None:
         self._tags(self.run_ids[key], {"checkpoint": path, "checkpoint_iteration": str(int(iteration))})
 
@@ -167,6 +202,7 @@ class SweepTracker:
         if metrics:
             c.log_batch(run_id, metrics=metrics)
         tags = {"status": status, "iterations": str(step)}
+        tags.update({k: str(result[k]) for k in RESULT_TAGS if result.get(k) not in (None, "")})
         if result.get("diverged_at") is not None:
             tags["diverged_at"] = str(int(result["diverged_at"]))
         self._tags(run_id, tags)
@@ -207,3 +243,24 @@ class SweepTracker:
     def _last_logged_step(self, run_id: str) -> int:
         history = self.client.get_metric_history(run_id, "loss")
         return max((m.step for m in history), default=0)
+
+
+class EvaluationWriter:
+    """Logs a re-evaluation (``python -m orchestrator evaluate``) on a trial's own run: the new figures at
+    its final iteration, with a later timestamp, so they become the run's latest values."""
+
+    def __init__(self, uri: str):
+        self.client = mlflow_client(uri)
+
+    def final_iteration(self, run_id: str) -> int:
+        return int(self.client.get_run(run_id).data.tags.get("iterations", 0) or 0)
+
+    def record(self, run_id: str, step: int, metrics: Dict[str, Any], overrides: str) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(metrics[k]), now, step) for k in FINAL_METRICS if _finite(metrics.get(k))]
+        self.client.log_batch(run_id, metrics=batch, tags=[
+            RunTag("eval_overrides", tag_value(overrides or "(none)")),
+            RunTag("evaluated_at", time.strftime("%Y-%m-%d %H:%M:%S")),
+            RunTag("num_val_images", str(int(metrics.get("num_val_images", 0))))])
+        if metrics.get("eval_summary"):
+            self.client.log_text(run_id, str(metrics["eval_summary"]), "eval_summary.txt")

@@ -9,7 +9,9 @@ or a state-dict file.
   (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``), downloaded there
   on first use by a machine with internet;
 * a path to a ``.pth`` file holding the state dict of torchvision's ResNet of that depth (its
-  ``fc`` layer may be there or not: the detector does not use it).
+  ``fc`` layer may be there or not: the detector does not use it);
+* ``synthetic``: the ResNet retina/pretrain.py trains once on synthetic data (the ``pretrain.*``
+  settings), from the user cache folder, trained there first if missing.
 
 :func:`resolve` finds the file (downloading it where allowed) and hashes it; a weights name that is
 neither cached nor downloadable, a missing file, or a file that is not such a state dict is a
@@ -50,7 +52,8 @@ class ResolvedWeights:
     sha256: str  # of that file
 
     def describe(self) -> str:
-        what = f"torchvision {self.spec}" if self.kind == "torchvision" else self.path
+        what = {"torchvision": f"torchvision {self.spec}", "synthetic": f"synthetic pre-training {Path(self.path).name}"
+                }.get(self.kind, self.path)
         return f"{what} (sha256 {self.sha256[:12]})"
 
 
@@ -64,6 +67,9 @@ def weights_enum(depth: int):
 def is_weights_name(spec: str) -> bool:
     """A torchvision weights name (upper case, no path separator), not a file path."""
     return bool(spec) and spec.upper() == spec and "/" not in spec and not spec.endswith((".pth", ".pt"))
+
+
+SYNTHETIC = "synthetic"  # model.backbone_weights: pre-trained on synthetic data (retina/pretrain.py)
 
 
 def hub_cache_dir() -> Path:
@@ -99,15 +105,23 @@ def _sha256(path: Path) -> str:
 _RESOLVED: Dict[tuple, ResolvedWeights] = {}  # per process: a file is hashed once
 
 
-def resolve(spec: str, depth: int, allow_download: Optional[bool] = None) -> Optional[ResolvedWeights]:
+def resolve(spec: str, depth: int, allow_download: Optional[bool] = None, pretrain=None) -> Optional[ResolvedWeights]:
     """The weights file of ``model.backbone_weights=spec`` (None for ``""``), downloaded into torch hub's
     cache if it is a torchvision name not cached yet and downloads are allowed (default: unless
-    ``RETINA_OFFLINE=1``). Raises WeightsError (one line) when it cannot be had."""
+    ``RETINA_OFFLINE=1``), or pre-trained now if it is ``synthetic`` and not cached (``pretrain``: the
+    config's ``pretrain`` section). Raises WeightsError (one line) when it cannot be had."""
     if not spec:
         return None
     if allow_download is None:
         allow_download = os.environ.get(OFFLINE_ENV, "") != "1"
-    if is_weights_name(spec):
+    if spec == SYNTHETIC:
+        if pretrain is None:
+            raise WeightsError("model.backbone_weights=synthetic needs the config's pretrain section")
+        from ..pretrain import ensure_pretrained
+
+        path = ensure_pretrained(depth, pretrain)
+        kind = "synthetic"
+    elif is_weights_name(spec):
         weights = _weights(spec, depth)
         path = cached_file(spec, depth)
         if not path.is_file():
@@ -138,6 +152,21 @@ def resolve(spec: str, depth: int, allow_download: Optional[bool] = None) -> Opt
         _RESOLVED[memo] = ResolvedWeights(spec=spec, kind=kind, path=str(path), sha256=_sha256(path))
     resolved = _RESOLVED[memo]
     return ResolvedWeights(spec=spec, kind=kind, path=resolved.path, sha256=resolved.sha256)
+
+
+def describe_spec(spec: str, depth: int) -> str:
+    """``model.backbone_weights`` in words, without downloading anything: what a run will start from."""
+    if not spec:
+        return "random initialization (from scratch)"
+    if spec == SYNTHETIC:
+        return "pre-trained on synthetic data (retina/pretrain.py; trained once before the first trial, then cached)"
+    if is_weights_name(spec):
+        path = cached_file(spec, depth)
+        where = f"cached at {path}" if path.is_file() else (f"not cached yet: downloaded into {path.parent} when the "
+                                                             "sweep starts (needs internet)")
+        return f"torchvision's ImageNet weights {spec} ({where})"
+    path = Path(spec).expanduser()
+    return f"weights file {path}" + (f" ({path.stat().st_size / 2**20:.0f} MiB)" if path.is_file() else " (missing)")
 
 
 def load_state_dict(resolved: ResolvedWeights) -> Dict[str, "torch.Tensor"]:

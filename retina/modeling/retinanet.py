@@ -138,7 +138,7 @@ def from_config(cfg, num_classes: int, load_backbone_weights: bool = True) -> Re
     from .backbone_weights import load_state_dict, resolve
 
     m = cfg.model
-    source = resolve(m.backbone_weights, m.depth) if load_backbone_weights else None
+    source = resolve(m.backbone_weights, m.depth, pretrain=cfg.pretrain) if load_backbone_weights else None
     model = RetinaNet(num_classes, depth=m.depth, fpn_channels=m.fpn_channels, head_convs=m.head_convs,
                       head_norm=m.head_norm, prior_init=m.prior_init, prior_prob=m.prior_prob,
                       anchor_generator=anchors_from_config(cfg.anchors), backbone_norm=m.backbone_norm,
