@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Tuple
@@ -298,6 +299,26 @@ def _expected_type(key: str) -> str:
     return name
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats (OmegaConf's rule): ``1e-1`` and ``1e6`` are numbers,
+    which YAML 1.1 (PyYAML's default) reads as strings."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml_text(text: str):
+    """YAML text -> Python values, safely (no object construction), numbers by OmegaConf's rules."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - _YamlLoader is a SafeLoader
+
+
 def parse_dotlist(items: Iterable[str], where: str = "command line") -> dict:
     """``["loss.alpha=0.5", "train.iterations=10"]`` -> nested dict (values parsed as YAML)."""
     out: dict = {}
@@ -307,7 +328,7 @@ def parse_dotlist(items: Iterable[str], where: str = "command line") -> dict:
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml_text(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -324,7 +345,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -487,7 +508,7 @@ def _validate_backbone(m: DictConfig, cfg_pretrain: DictConfig, need, check_path
              "frozen BatchNorm needs trained statistics")
     elif weights == "synthetic":
         p = cfg_pretrain
-        need(p.image_size >= 16, "pretrain.image_size", p.image_size, "an integer >= 16")
+        need(p.image_size >= 24, "pretrain.image_size", p.image_size, "an integer >= 24")
         need(p.num_images >= 100, "pretrain.num_images", p.num_images, "an integer >= 100")
         need(0.0 < p.min_object_fraction <= p.max_object_fraction <= 1.0, "pretrain.max_object_fraction",
              p.max_object_fraction, "0 < pretrain.min_object_fraction <= max_object_fraction <= 1")

@@ -67,6 +67,10 @@ class Setting:
 # The exploratory pre-trained backbone (see "xpre" below), frozen BN, stem and res2 frozen.
 PRE = ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn", "model.freeze_at=2")
 
+# The committed pre-training: model.backbone_weights=synthetic with the profile's pretrain settings.
+SYN = ("model.backbone_weights=synthetic", "model.backbone_norm=frozen_bn", "model.freeze_at=2")
+PRE200 = ("pretrain.iterations=200", "pretrain.batch_size=96", "pretrain.num_images=8000")
+
 # Every setting tried, in the order they were tried. Overrides are over the profile (cpu: ResNet-18-FPN-64
 # from scratch, 96 px, 2-5 objects of 12-96 px, 3 classes, 240 x 8 images, lr .02, clip 5).
 SETTINGS: Dict[str, Setting] = {
@@ -95,6 +99,11 @@ SETTINGS: Dict[str, Setting] = {
     "xpre_long": Setting("xpre, 480 iterations (2x)", (*PRE, "train.iterations=480")),
     "xpre_192": Setting("xpre on a 192 px canvas (objects 12-96 px as before: 4x the anchors)",
                         (*PRE, "data.synthetic.image_size=192", "data.min_size=192", "data.max_size=192")),
+    # the committed pre-training (python -m retina.pretrain, model.backbone_weights=synthetic)
+    "syn_c24": Setting("backbone from retina.pretrain (default: 500 x 128 images of 32 px), frozen BN, freeze_at 2; "
+                       "24 classes", (*SYN, "data.synthetic.num_classes=24")),
+    "syn200_c24": Setting("as syn_c24 with a cheaper pre-training (200 x 96 images of 32 px, 8,000 images: 49% "
+                          "accuracy)", (*SYN, *PRE200, "data.synthetic.num_classes=24")),
     "xpre_c48_sparse": Setting("xpre + 48 classes + 1-2 objects of 12-48 px",
                                ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn",
                                 "model.freeze_at=2", "data.synthetic.num_classes=48", "data.synthetic.min_objects=1",

@@ -205,3 +205,82 @@ def test_dry_run_lists_every_trial_and_starts_nothing(tmp_path, capsys, monkeypa
         assert trial.key in out and trial.memberships[0].label in out
     assert "loss.alpha=0.999 loss.gamma=0" in out  # the settings that differ from the base
     assert not store.exists() and not storage.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# seeds per row, keys that ignore evaluation settings, numbers as OmegaConf reads them
+
+
+def test_a_row_can_run_more_seeds_than_the_others_and_a_seed_redraws_data_and_training(tmp_path):
+    path = write(tmp_path, "tables: [1b]\nrows:\n  - {label: decisive, seeds: [0, 1, 2], set: {loss.gamma: 2.0}}\n"
+                           "  - {label: other, set: {loss.gamma: 1.0}}\n")
+    sweep = load_sweep(path)
+    by = {}
+    for t in sweep.trials:
+        by.setdefault(t.label, []).append((t.config.train.seed, t.config.data.synthetic.seed))
+    assert sorted(by["decisive"]) == [(0, 0), (1, 1), (2, 2)] and by["other"] == [(0, 0)]
+    assert sweep.num_rows == 4 and len({t.key for t in sweep.trials}) == 4
+
+
+def test_seeds_are_offsets_so_set_train_seed_moves_the_whole_sweep(tmp_path):
+    path = write(tmp_path, "tables: [1b]\nseeds: [0, 1]\nrows:\n  - {label: x, set: {loss.gamma: 2.0}}\n")
+    moved = load_sweep(path, overrides=["train.seed=10", "data.synthetic.seed=20"])
+    assert sorted((t.config.train.seed, t.config.data.synthetic.seed) for t in moved.trials) == [(10, 20), (11, 21)]
+    assert not {t.key for t in moved.trials} & {t.key for t in load_sweep(path).trials}
+
+
+def test_seed_zero_keeps_the_key_a_row_had_without_seeds(tmp_path):
+    plain = write(tmp_path, "tables: [1b]\nrows:\n  - {label: x, set: {loss.gamma: 2.0}}\n", "a.yaml")
+    seeded = write(tmp_path, "tables: [1b]\nrows:\n  - {label: x, seeds: [0, 1], set: {loss.gamma: 2.0}}\n", "b.yaml")
+    assert load_sweep(plain).trials[0].key in {t.key for t in load_sweep(seeded).trials}
+
+
+def test_evaluation_settings_stay_out_of_the_trial_key():
+    base = load_config("cpu")
+    for change in ("eval.every=60", "eval.score_thresh=0.01", "eval.batch_size=3", "data.max_val_images=50"):
+        assert trial_key(load_config("cpu", overrides=[change])) == trial_key(base), change
+    assert trial_key(load_config("cpu", overrides=["loss.alpha=0.5"])) != trial_key(base)
+
+
+def test_pretrain_settings_count_only_for_a_synthetic_backbone():
+    base = load_config("cpu")
+    assert trial_key(load_config("cpu", overrides=["pretrain.iterations=7"])) == trial_key(base)
+    synthetic = ["model.backbone_weights=synthetic", "model.backbone_norm=frozen_bn", "model.freeze_at=2"]
+    a = load_config("cpu", overrides=synthetic)
+    b = load_config("cpu", overrides=synthetic + ["pretrain.iterations=7"])
+    c = load_config("cpu", overrides=synthetic + ["pretrain.num_threads=2"])
+    assert trial_key(a) != trial_key(b) and trial_key(a) == trial_key(c)
+
+
+def test_numbers_in_sweep_files_are_read_as_omegaconf_reads_them(tmp_path):
+    """PyYAML alone (YAML 1.1) reads 1e-1 as a string; a label format then cannot format it."""
+    path = write(tmp_path, "tables: [1a]\ngrid:\n  - label: 'CE alpha={loss.alpha:.3g}'\n"
+                           "    axes: {loss.alpha: [1e-1, 2.5e-1]}\n    set: {loss.gamma: 0}\n")
+    sweep = load_sweep(path)
+    assert [t.label for t in sweep.trials] == ["CE alpha=0.1", "CE alpha=0.25"]
+    assert [t.config.loss.alpha for t in sweep.trials] == [0.1, 0.25]
+
+
+def test_set_may_come_before_the_sweep_file(capsys):
+    assert main(["run", "--set", "train.iterations=3", str(SWEEPS / "prior_init.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "--set train.iterations=3" in out and "dry run: nothing started" in out
+
+
+def test_a_shipped_sweep_is_found_by_its_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "sweeps/prior_init.yaml", "--dry-run"]) == 0
+    assert main(["run", "prior_init", "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("sweep prior_init") == 2
+    assert main(["run", "no_such_sweep", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "no shipped sweep has that name" in err and "alpha_gamma" in err
+
+
+def test_the_paper_profiles_dry_run_names_its_backbone_weights(bccd, capsys):
+    ann, images = bccd / "annotations", bccd / "images"
+    data = [f"data.train.annotations={ann / 'instances_train.json'}", f"data.train.images={images}",
+            f"data.val.annotations={ann / 'instances_val.json'}", f"data.val.images={images}"]
+    assert main(["run", "prior_init", "--profile", "paper", "--dry-run", "--set", *data]) == 0
+    out = capsys.readouterr().out
+    assert "backbone: ResNet-50, torchvision's ImageNet weights IMAGENET1K_V1" in out and "frozen_bn, freeze_at 2" in out

@@ -44,7 +44,7 @@ def test_same_seed_gives_identical_json_and_image_bytes(tmp_path):
 
 
 def test_a_pool_of_processes_writes_the_same_files_as_one_process(tmp_path, monkeypatch):
-    """Large splits are drawn by spawned processes (PARALLEL_MIN_IMAGES); here every split is."""
+    """Large splits are drawn by worker processes (PARALLEL_MIN_IMAGES); here every split is."""
     generate(SMALL, tmp_path / "serial")
     monkeypatch.setattr(synthetic, "PARALLEL_MIN_IMAGES", 1)
     monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
@@ -182,3 +182,28 @@ def test_objects_stand_out_from_the_background(tmp_path):
         assert np.linalg.norm(inside - ring.mean(0)) > 30.0
         checked += 1
     assert checked >= 3
+
+
+def test_a_script_without_a_main_guard_can_generate_a_large_split(tmp_path):
+    """retina.train.fit from a user's script with no ``if __name__ == "__main__":`` guard: a split of
+    >= PARALLEL_MIN_IMAGES images is drawn by worker processes, which must not re-import the script
+    (multiprocessing's spawn did: BrokenProcessPool)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(f"""
+from retina.config import load_config
+from retina.train import fit
+cfg = load_config("cpu", overrides=[
+    "data.synthetic.num_train=300", "data.synthetic.num_val=4", "data.synthetic.image_size=32",
+    "data.synthetic.max_object_size=24", "data.min_size=32", "data.max_size=32", "anchors.base_size=4",
+    "model.fpn_channels=32", "model.head_convs=1", "train.iterations=1", "train.batch_size=2",
+    "data.synthetic.cache_dir={tmp_path / 'cache'}"])
+print("AP", fit(cfg)["AP"])
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "AP " in proc.stdout and "bootstrapping phase" not in proc.stderr
+    (root,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(list((root / "train" / "images").glob("*.png"))) == 300

@@ -28,15 +28,13 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
+import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -349,9 +347,13 @@ def _split_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index)))
 
 
-# Splits of at least this many images are drawn by a pool of processes (one per CPU, at most 16):
-# each image depends only on (seed, split, index), so the files are the same either way.
+# Splits of at least this many images are drawn by worker processes (one per CPU, at most 16): each
+# image depends only on (seed, split, index), so the files are the same either way. The workers are
+# fresh interpreters running this module (``python -m retina.data.synthetic --render ...``), not
+# multiprocessing children: those re-import the caller's main script, which breaks a script without an
+# ``if __name__ == "__main__":`` guard, a notebook, or a Ray worker.
 PARALLEL_MIN_IMAGES = 256
+MAX_WORKERS = 16
 
 
 def _write_image(s: _Settings, split: str, index: int, images_dir: Path) -> List[Tuple[Box, int]]:
@@ -361,18 +363,47 @@ def _write_image(s: _Settings, split: str, index: int, images_dir: Path) -> List
     return objects
 
 
+def _render_range(s: _Settings, split: str, start: int, stop: int, images_dir: Path) -> List[List[Tuple[Box, int]]]:
+    return [_write_image(s, split, i, images_dir) for i in range(start, stop)]
+
+
+def _render_in_workers(s: _Settings, split: str, count: int, images_dir: Path, workers: int) -> List[List[Tuple[Box, int]]]:
+    """Images 0 .. count-1 of ``split`` by ``workers`` processes, each a contiguous range; their objects."""
+    bounds = [count * w // workers for w in range(workers + 1)]
+    settings = json.dumps({k: getattr(s, k) for k in GENERATOR_FIELDS})
+    procs = []
+    for w in range(workers):
+        out = images_dir.parent / f".objects-{w}.json"
+        args = [sys.executable, "-m", "retina.data.synthetic", "--render", settings, split, str(bounds[w]),
+                str(bounds[w + 1]), str(images_dir), str(out)]
+        procs.append((subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_worker_env()), out))
+    per_image: List[List[Tuple[Box, int]]] = []
+    for proc, out in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"synthetic data worker failed (exit {proc.returncode}): "
+                               f"{err.decode(errors='replace')[-500:]}")
+        per_image += [[(tuple(box), label) for box, label in objects] for objects in json.loads(out.read_text())]
+        out.unlink()
+    return per_image
+
+
+def _worker_env() -> Dict[str, str]:
+    """The workers import this package as the caller does: its folder's parent on PYTHONPATH."""
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
 def _write_split(s: _Settings, split: str, out: Path) -> None:
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     count = s.num_images(split)
-    processes = min(os.cpu_count() or 1, 16)
-    if count >= PARALLEL_MIN_IMAGES and processes > 1:
-        # spawn, not fork: the caller may be a Ray worker or a DataLoader's parent, with threads
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            per_image = list(pool.map(partial(_write_image, s, split, images_dir=images_dir), range(count),
-                                      chunksize=max(1, count // (4 * processes))))
+    workers = min(os.cpu_count() or 1, MAX_WORKERS, count)
+    if count >= PARALLEL_MIN_IMAGES and workers > 1:
+        per_image = _render_in_workers(s, split, count, images_dir, workers)
     else:
-        per_image = [_write_image(s, split, i, images_dir) for i in range(count)]
+        per_image = _render_range(s, split, 0, count, images_dir)
     images, annotations = [], []
     for i, objects in enumerate(per_image):
         image_id = i + 1  # COCO ids start at 1 (COCOeval treats an annotation id 0 as "no match")
@@ -452,6 +483,15 @@ def ensure_synthetic(cfg: Any, cache_dir: str | Path | None = None) -> Tuple[Dic
     return split_paths(root)
 
 
+def _render_worker(argv: List[str]) -> int:
+    """``--render SETTINGS_JSON SPLIT START STOP IMAGES_DIR OBJECTS_JSON``: one worker's range."""
+    settings, split, start, stop, images_dir, out = argv
+    s = _Settings.of(json.loads(settings))
+    objects = _render_range(s, split, int(start), int(stop), Path(images_dir))
+    Path(out).write_text(json.dumps(objects))
+    return 0
+
+
 def main(argv: List[str] | None = None) -> int:
     """``python -m retina.data.synthetic OUT_DIR [key=value ...]`` (keys of SyntheticConfig)."""
     from omegaconf import OmegaConf
@@ -459,6 +499,8 @@ def main(argv: List[str] | None = None) -> int:
     from retina.config import SyntheticConfig
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--render"]:
+        return _render_worker(argv[1:])
     if not argv or argv[0].startswith("-"):
         print("usage: python -m retina.data.synthetic OUT_DIR [key=value ...]   keys: "
               + ", ".join(GENERATOR_FIELDS), file=sys.stderr)

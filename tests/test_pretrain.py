@@ -1,0 +1,41 @@
+"""The synthetic pre-training (retina/pretrain.py): cached by its settings, deterministic, and what
+``model.backbone_weights=synthetic`` loads."""
+from __future__ import annotations
+
+import torch
+
+from retina.config import load_config
+from retina.modeling.retinanet import from_config
+from retina.pretrain import ensure_pretrained, info, weights_path
+
+TINY = ["pretrain.image_size=24", "pretrain.num_images=120", "pretrain.iterations=3", "pretrain.batch_size=8",
+        "pretrain.warmup_iters=1", "model.depth=18"]
+
+
+def test_pretraining_is_cached_by_its_settings_and_deterministic(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETINA_CACHE_DIR", str(tmp_path / "a"))
+    cfg = load_config("cpu", overrides=TINY)
+    path = ensure_pretrained(18, cfg.pretrain, log=lambda m: None)
+    assert path == weights_path(18, cfg.pretrain) and path.is_file()
+    assert info(path)["images"] > 100 and 0.0 <= info(path)["accuracy"] <= 1.0
+    mtime = path.stat().st_mtime_ns
+    assert ensure_pretrained(18, cfg.pretrain, log=lambda m: None) == path and path.stat().st_mtime_ns == mtime
+    other = load_config("cpu", overrides=TINY + ["pretrain.seed=1"])
+    assert weights_path(18, other.pretrain) != path
+    assert weights_path(18, load_config("cpu", overrides=TINY + ["pretrain.num_threads=1"]).pretrain) == path
+    # the same settings elsewhere give the same weights
+    monkeypatch.setenv("RETINA_CACHE_DIR", str(tmp_path / "b"))
+    again = ensure_pretrained(18, cfg.pretrain, log=lambda m: None)
+    a, b = torch.load(path, weights_only=True), torch.load(again, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_synthetic_backbone_is_loaded_into_the_detector(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETINA_CACHE_DIR", str(tmp_path))
+    cfg = load_config("cpu", overrides=TINY + ["model.backbone_weights=synthetic", "model.backbone_norm=frozen_bn",
+                                               "model.freeze_at=2"])
+    model = from_config(cfg, num_classes=3)
+    weights = torch.load(weights_path(18, cfg.pretrain), weights_only=True)
+    assert model.backbone_source.kind == "synthetic"
+    assert torch.equal(model.backbone.layer3[0].conv1.weight, weights["layer3.0.conv1.weight"])
+    assert torch.equal(model.backbone.stem[1].running_var, weights["bn1.running_var"])  # frozen BN holds its statistics
