@@ -180,7 +180,7 @@ def train_batches(cfg: DictConfig, train_set, num_steps: int, device: torch.devi
     """The trainer's loader over ``num_steps`` batches; the same batches each time it is built."""
     t = cfg.train
     sampler = StreamBatchSampler(len(train_set), t.batch_size, num_steps, t.seed, cfg.data.flip_prob)
-    return make_loader(train_set, sampler, cfg, device)
+    return make_loader(train_set, sampler, cfg, device, t.batch_size)
 
 
 def inference_batches(cfg: DictConfig, val_set, num_batches: int, device: torch.device) -> List[Batch]:

@@ -75,6 +75,7 @@ KEY_EXCLUDED: Tuple[str, ...] = (
     "train.num_threads",
     "train.compile",
     "data.num_workers",
+    "data.prefetch_mb",
     "data.synthetic.cache_dir",
 )
 

@@ -136,6 +136,10 @@ class DataConfig:
     size_divisibility: int = 32  # batches are padded to a multiple of this
     flip_prob: float = 0.5  # horizontal flip, training only
     num_workers: int = 0  # DataLoader worker processes
+    prefetch_mb: int = 512  # shared memory the workers' prefetched batches may hold in all (data.loaders)
+    # batches of landscape or of portrait images only (detectron2's ASPECT_RATIO_GROUPING): less padding;
+    # square images (synthetic data) are one group, and then it changes nothing
+    aspect_ratio_grouping: bool = True
     max_val_images: Optional[int] = None  # evaluate on the first N validation images
 
 
@@ -445,6 +449,7 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
     need(d.size_divisibility >= 1, "data.size_divisibility", d.size_divisibility, "an integer >= 1")
     need(0.0 <= d.flip_prob <= 1.0, "data.flip_prob", d.flip_prob, "a probability in [0, 1]")
     need(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
+    need(d.prefetch_mb >= 1, "data.prefetch_mb", d.prefetch_mb, "a positive number of MiB")
     s = d.synthetic
     need(s.num_train >= 1 and s.num_val >= 1, "data.synthetic.num_train", s.num_train, "an integer >= 1")
     need(s.image_size >= 32, "data.synthetic.image_size", s.image_size, "an integer >= 32")

@@ -61,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .data.loaders import build_datasets
 
         try:
-            build_datasets(cfg)  # fail on bad data before creating anything
+            build_datasets(cfg, verify_files=True)  # bad data fails here, before anything is created
         except DataError as e:
             raise config_lib.ConfigError(str(e)) from None
     except config_lib.ConfigError as e:

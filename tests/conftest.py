@@ -9,6 +9,12 @@ import pytest
 # Nothing in the tests may download (retina/backbone_weights.py: torchvision weights come from the cache
 # or not at all); the subprocesses the tests start inherit this.
 os.environ["RETINA_OFFLINE"] = "1"
+# Caches (synthetic data, COCO indexes, pre-trained backbones, CPU kernels) in a folder of the test
+# session's own, not the user's: every session starts cold, as CI does.
+if "RETINA_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["RETINA_CACHE_DIR"] = tempfile.mkdtemp(prefix="retina-test-cache-")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RETINA_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))

@@ -117,3 +117,60 @@ def test_retina_loss_normalizes_by_foreground_count_and_skips_ignored():
     assert out.loss_cls.item() == pytest.approx(expected_cls, rel=1e-6)
     # Box targets: (0, 0, 0, 0) for gt 0; gt 1 is twice the anchor: dx = dy = 0.5, dw = dh = log 2.
     assert out.loss_box.item() == pytest.approx((0.5 + 0.5 + 2 * math.log(2)) / 2, rel=1e-6)
+
+
+def ohem_full(losses, anchors, labels, batch_size, nms_thresh, pos_ratio):
+    """The straightforward computation the fast OHEM must equal: every candidate through one NMS."""
+    from torchvision.ops import nms
+
+    from retina.modeling.losses import loss_order_keys
+
+    candidates = (labels != IGNORE).nonzero(as_tuple=True)[0]
+    order = candidates[loss_order_keys(losses)[candidates].sort(descending=True).indices]
+    keep = order[nms(anchors[order].float(), torch.arange(len(order), 0, -1, dtype=torch.float32), nms_thresh)]
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    if pos_ratio is None:
+        mask[keep[:batch_size]] = True
+        return mask
+    is_pos = labels[keep] >= 0
+    pos, neg = keep[is_pos], keep[~is_pos]
+    num_pos = min(len(pos), int(batch_size * pos_ratio))
+    mask[pos[:num_pos]] = True
+    mask[neg[:min(len(neg), int(round(num_pos * (1 - pos_ratio) / pos_ratio)), batch_size - num_pos)]] = True
+    return mask
+
+
+OHEM_CASES = ["random", "ties", "low-loss positives", "no positives", "all ignored but few", "dense overlap"]
+
+
+@pytest.mark.parametrize("case", OHEM_CASES)
+@pytest.mark.parametrize("batch_size,nms_thresh,pos_ratio", [(128, 0.7, None), (16, 0.5, None), (128, 0.5, 0.25),
+                                                             (256, 0.5, 0.25), (8, 0.7, 0.25)])
+def test_fast_ohem_keeps_exactly_what_nms_over_all_anchors_keeps(case, batch_size, nms_thresh, pos_ratio):
+    """The prefix NMS, batched over 3 images, against the full NMS per image, on the anchors of a
+    160x224 input (the paper's 9 anchors per location): random losses, many ties, positives with the
+    lowest losses (the prefix must grow to the end), no positives, almost everything ignored, and a
+    loss that rises along the anchors (neighbours suppress each other all the way down)."""
+    from retina.modeling.anchors import AnchorGenerator, feature_shapes
+
+    anchors = AnchorGenerator()(feature_shapes(160, 224), device=torch.device("cpu"))
+    r = len(anchors)
+    g = torch.Generator().manual_seed(OHEM_CASES.index(case))
+    losses = torch.rand(3, r, generator=g)
+    labels = torch.full((3, r), BACKGROUND)
+    for i in range(3):
+        labels[i, torch.randperm(r, generator=g)[:25]] = 0
+        labels[i, torch.randperm(r, generator=g)[:200]] = IGNORE
+    if case == "ties":
+        losses = (losses * 4).floor()
+    elif case == "low-loss positives":
+        losses = losses.masked_fill(labels >= 0, 0.0) + (labels >= 0) * torch.rand(3, r, generator=g) * 1e-3
+    elif case == "no positives":
+        labels[labels >= 0] = BACKGROUND
+    elif case == "all ignored but few":
+        labels[:, 10:] = IGNORE
+    elif case == "dense overlap":
+        losses = torch.arange(r, dtype=torch.float32).expand(3, r).clone()
+    fast = ohem_select(losses, anchors, labels, batch_size, nms_thresh, pos_ratio)
+    for i in range(3):
+        assert torch.equal(fast[i], ohem_full(losses[i], anchors, labels[i], batch_size, nms_thresh, pos_ratio)), i

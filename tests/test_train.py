@@ -164,3 +164,17 @@ def test_evaluation_during_training_reports_an_ap_curve_and_changes_no_weight(tm
     a = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "curved" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_aspect_ratio_grouping_batches_one_group_and_changes_nothing_for_one_group():
+    from retina.data.samplers import StreamBatchSampler, aspect_ratio_groups
+
+    groups = aspect_ratio_groups([480, 640, 427, 640, 480, 300] * 5, [640, 480, 640, 427, 640, 300] * 5)
+    assert groups[:6] == [0, 1, 0, 1, 0, 0]
+    grouped = list(StreamBatchSampler(30, 4, 20, seed=3, flip_prob=0.5, groups=groups))
+    assert len(grouped) == 20 and all(len({groups[i] for i, _ in b}) == 1 for b in grouped)
+    # resumable: starting at iteration 7 gives the same batches from there on
+    assert list(StreamBatchSampler(30, 4, 20, seed=3, flip_prob=0.5, groups=groups, start_iteration=7)) == grouped[7:]
+    # one group (square images): exactly the ungrouped stream
+    plain = list(StreamBatchSampler(30, 4, 20, seed=3, flip_prob=0.5))
+    assert list(StreamBatchSampler(30, 4, 20, seed=3, flip_prob=0.5, groups=[0] * 30)) == plain

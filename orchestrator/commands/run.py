@@ -42,7 +42,7 @@ def check_datasets(sweep: Sweep, generate_synthetic: bool = True) -> None:
 
     for cfg in configs:
         try:
-            build_datasets(cfg)
+            build_datasets(cfg, verify_files=True)
         except DataError as e:
             raise ConfigError(f"{sweep.path}: dataset: {e}") from None
         except OSError as e:  # e.g. a synthetic-data cache folder that cannot be written

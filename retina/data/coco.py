@@ -14,6 +14,7 @@ Everything a user can get wrong in the files raises a one-line :class:`DataError
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -21,15 +22,16 @@ import math
 import operator
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 import torch
-import torch.nn.functional as F
 from pycocotools.coco import COCO
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import resize as resize_image
 
 logger = logging.getLogger("retina.data")
 
@@ -50,13 +52,8 @@ def _one_line(text: Any) -> str:
 # loading
 
 
-def load_coco(path: str | Path) -> COCO:
-    """Read a COCO instances JSON into a pycocotools ``COCO`` (quietly); format errors -> DataError.
-
-    Missing ``area`` / ``iscrowd`` fields of annotations are filled in (box area, 0) so that
-    COCOeval can use the object as ground truth.
-    """
-    path = Path(path)
+def _read_json(path: Path) -> dict:
+    """The JSON of a COCO instances file, with its top-level structure checked; -> DataError."""
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found; expected a COCO instances JSON")
     try:
@@ -73,7 +70,21 @@ def load_coco(path: str | Path) -> COCO:
     if missing:
         raise DataError(f"{path}: missing or not a list: {', '.join(repr(k) for k in missing)}; expected a COCO "
                         "instances JSON with 'images', 'annotations' and 'categories'")
+    return data
+
+
+def load_coco(path: str | Path, drop_degenerate: bool = False) -> COCO:
+    """Read a COCO instances JSON into a pycocotools ``COCO`` (quietly); format errors -> DataError.
+
+    Missing ``area`` / ``iscrowd`` fields of annotations are filled in (box area, 0) so that
+    COCOeval can use the object as ground truth; ``drop_degenerate`` leaves out boxes of zero width
+    or height (as the training data does).
+    """
+    path = Path(path)
+    data = _read_json(path)
     _check_records(path, data)
+    if drop_degenerate:
+        data["annotations"] = [a for a in data["annotations"] if a["bbox"][2] > 0 and a["bbox"][3] > 0]
     for ann in data["annotations"]:
         ann.setdefault("iscrowd", 0)
         if "area" not in ann:
@@ -149,14 +160,145 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
     return scale
 
 
+INDEX_VERSION = 1  # bump when CocoIndex's arrays change
+FILES_OPENED = [0]  # image files this process has opened (header checks and reads): the benchmark counts them
+
+
+@dataclass
+class CocoIndex:
+    """A COCO instances JSON as flat arrays, built once and cached: what a training dataset and its
+    DataLoader workers hold instead of pycocotools' COCO (whose dicts, segmentations included, every
+    forked worker would copy page by page, their reference counts defeating copy-on-write).
+
+    Images (M, sorted by id): ``image_ids`` int64, ``file_names`` fixed-width bytes, ``heights``,
+    ``widths`` int32 (from the JSON; 0 where it has none); their boxes are rows ``ann_start[i] ..
+    ann_start[i + 1]`` of ``boxes`` (A, 4) float32 xyxy original pixels, ``labels`` (A,) int64
+    contiguous, ``iscrowd`` (A,) bool. Degenerate boxes (zero width or height) are left out and counted.
+    """
+    image_ids: np.ndarray
+    file_names: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    ann_start: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    iscrowd: np.ndarray
+    category_ids: np.ndarray
+    class_names: np.ndarray
+    num_degenerate_dropped: int
+
+    @staticmethod
+    def from_json(path: Path) -> "CocoIndex":
+        data = _read_json(path)
+        _check_records(path, data)
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        label_of = {c["id"]: i for i, c in enumerate(cats)}
+        images = sorted(data["images"], key=lambda im: im["id"])
+        row_of = {im["id"]: i for i, im in enumerate(images)}
+        anns = [a for a in data["annotations"]]
+        kept = [a for a in anns if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        kept.sort(key=lambda a: (row_of[a["image_id"]], a["id"]))
+        counts = np.bincount([row_of[a["image_id"]] for a in kept], minlength=len(images))
+        xywh = np.asarray([a["bbox"] for a in kept], dtype=np.float64).reshape(-1, 4)
+        return CocoIndex(
+            image_ids=np.asarray([im["id"] for im in images], dtype=np.int64),
+            file_names=np.asarray([im["file_name"].encode() for im in images], dtype=bytes),
+            heights=np.asarray([int(im.get("height") or 0) for im in images], dtype=np.int32),
+            widths=np.asarray([int(im.get("width") or 0) for im in images], dtype=np.int32),
+            ann_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            boxes=np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32),
+            labels=np.asarray([label_of[a["category_id"]] for a in kept], dtype=np.int64),
+            iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in kept], dtype=bool),
+            category_ids=np.asarray([c["id"] for c in cats], dtype=np.int64),
+            class_names=np.asarray([str(c.get("name", c["id"])) for c in cats]),
+            num_degenerate_dropped=len(anns) - len(kept))
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(f".tmp-{os.getpid()}.npz")
+        np.savez(tmp, **{k: getattr(self, k) for k in self.__dataclass_fields__ if k != "num_degenerate_dropped"},
+                 num_degenerate_dropped=np.asarray(self.num_degenerate_dropped))
+        os.replace(tmp, path)
+
+    @staticmethod
+    def load(path: Path) -> "CocoIndex":
+        with np.load(path, allow_pickle=False) as z:
+            fields = {k: z[k] for k in z.files}
+        fields["num_degenerate_dropped"] = int(fields["num_degenerate_dropped"])
+        return CocoIndex(**fields)
+
+
+def _index_cache_path(annotations: Path) -> Path:
+    """The cached index of an annotation file: named by its absolute path, size and modification time."""
+    from ..paths import cache_dir
+
+    st = annotations.stat()
+    key = json.dumps([INDEX_VERSION, str(annotations.resolve()), st.st_size, st.st_mtime_ns])
+    return cache_dir("coco-index") / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+
+
+def load_index(annotations: str | Path) -> CocoIndex:
+    """The flat index of a COCO instances JSON: from the cache, else parsed (and validated) and cached."""
+    path = Path(annotations)
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found; expected a COCO instances JSON")
+    cached = _index_cache_path(path)
+    if cached.is_file():
+        try:
+            return CocoIndex.load(cached)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a cache written by another version or cut short: built again below
+    index = CocoIndex.from_json(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        index.save(cached)
+    except OSError:  # a read-only cache: works, only slower next time
+        pass
+    return index
+
+
+def verify_image_files(dataset: "CocoDetection") -> None:
+    """Every image the dataset references exists and has a readable header (PIL reads only the header:
+    ~70 us a file), so a missing or corrupt file is a one-line DataError before training, not mid-run.
+    Done once per annotation file and image folder: a manifest in the cache (named by the index and the
+    folder's modification time, which changes when files are added, removed or renamed) skips it next
+    time. The orchestrator calls this in the driver; trials and DataLoader workers never do."""
+    from ..paths import cache_dir
+
+    folder = Path(dataset.images)
+    index_key = _index_cache_path(Path(dataset.annotations)).stem
+    key = json.dumps([index_key, str(folder.resolve()), folder.stat().st_mtime_ns])
+    manifest = cache_dir("coco-index") / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.verified"
+    if manifest.is_file():
+        return
+    paths = [dataset.path_of(i) for i in range(len(dataset))]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{missing[0]}: image file not found{more}; referenced by {dataset.annotations}, "
+                        f"whose file_name values must be relative to {dataset.images}")
+    for path in paths:
+        FILES_OPENED[0] += 1
+        try:
+            with Image.open(path) as image:
+                image.size
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{path}: cannot read image ({_one_line(e)[:120]}); expected a readable JPEG "
+                            f"or PNG file (referenced by {dataset.annotations})") from None
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(f"{len(paths)} image files checked\n")
+    except OSError:
+        pass
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO instances JSON and its image folder as a detection dataset.
 
     ``dataset[i]`` or ``dataset[(i, flip)]`` returns a dict:
 
-    * ``image``: the file's pixels, uint8 (3, h, w), when the image is used at its own size; else
-      float32 (3, h, w) in [0, 1], resized (see module docstring). Bytes travel from the loader's
-      workers to the device at a quarter of float32's size and are normalized there (:func:`normalize`);
+    * ``image``: uint8 (3, h, w): the file's pixels, resized (see module docstring; bilinear with
+      antialiasing, on the bytes). Bytes travel from the loader's workers to the device at a quarter
+      of float32's size and are normalized there (:func:`normalize`);
     * ``boxes``: float32 (G, 4) xyxy, resized-image pixels (mirrored if flipped);
     * ``labels``: int64 (G,) contiguous; ``iscrowd``: bool (G,);
     * ``image_id``: int; ``orig_size``: (H, W) of the file; ``scale``: float, resized / original;
@@ -166,95 +308,72 @@ class CocoDetection(torch.utils.data.Dataset):
     ``(i, flip)``; a plain index never flips. Boxes are clipped to the image; a box that lies
     wholly outside it is left out of that item.
 
-    Attributes: ``coco`` (pycocotools COCO; dropped degenerate boxes are removed from it too, so
-    that it is the ground truth the model is trained and evaluated on), ``category_ids`` (sorted),
-    ``class_names``, ``num_classes``, ``image_ids`` (every image, with boxes or not, sorted),
-    ``num_degenerate_dropped``.
+    Built from a :class:`CocoIndex` (flat arrays, cached): constructing a dataset of COCO's 118k
+    images opens no image file and holds no pycocotools object. ``verify_files=True`` checks the
+    image files (:func:`verify_image_files`, once per folder). ``coco`` (pycocotools COCO, the ground
+    truth the model is evaluated on, degenerate boxes dropped) is built on first use, by evaluation.
+
+    Attributes: ``category_ids`` (sorted), ``class_names``, ``num_classes``, ``image_ids`` (every
+    image, with boxes or not, sorted), ``num_degenerate_dropped``, ``heights``, ``widths`` (from the
+    JSON), ``index`` (the CocoIndex).
     """
 
     def __init__(self, annotations: str | Path, images: str | Path, *, train: bool, min_size: int,
-                 max_size: int, flip_prob: float = 0.5) -> None:
+                 max_size: int, flip_prob: float = 0.5, verify_files: bool = False) -> None:
         self.annotations = str(annotations)
         self.images = str(images)
         self.train = train
         self.min_size = min_size
         self.max_size = max_size
         self.flip_prob = flip_prob
-
-        self.coco = load_coco(annotations)
+        self.index = load_index(annotations)
         if not Path(images).is_dir():
             raise DataError(f"{images}: image folder not found (images of {annotations})")
-        cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
-        self.category_ids: List[int] = [c["id"] for c in cats]
-        self.class_names: List[str] = [str(c.get("name", c["id"])) for c in cats]
+        self.category_ids: List[int] = self.index.category_ids.tolist()
+        self.class_names: List[str] = [str(n) for n in self.index.class_names.tolist()]
         self.num_classes = len(self.category_ids)
-        self._label_of = {cat_id: i for i, cat_id in enumerate(self.category_ids)}
-        self.image_ids: List[int] = sorted(self.coco.imgs)
-        self._check_image_files()
-        self.num_degenerate_dropped = self._drop_degenerate()
-        self._targets = {img_id: self._target_arrays(img_id) for img_id in self.image_ids}
+        self.image_ids: List[int] = self.index.image_ids.tolist()
+        self.heights, self.widths = self.index.heights, self.index.widths
+        self.num_degenerate_dropped = self.index.num_degenerate_dropped
+        if self.num_degenerate_dropped:
+            logger.warning("%s: dropped %d box(es) with zero width or height", annotations, self.num_degenerate_dropped)
+        self._coco: Optional[COCO] = None
+        if verify_files:
+            verify_image_files(self)
 
-    def _check_image_files(self) -> None:
-        """Every referenced image exists and has a readable image header (PIL reads only the header:
-        ~70 us a file), so a missing or corrupt file is found before training, not mid-run."""
-        missing = [self._path(i) for i in self.image_ids if not os.path.isfile(self._path(i))]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise DataError(f"{missing[0]}: image file not found{more}; referenced by {self.annotations}, "
-                            f"whose file_name values must be relative to {self.images}")
-        for image_id in self.image_ids:
-            path = self._path(image_id)
-            try:
-                with Image.open(path) as image:
-                    image.size
-            except (OSError, SyntaxError, ValueError) as e:
-                raise DataError(f"{path}: cannot read image ({_one_line(e)[:120]}); expected a readable JPEG "
-                                f"or PNG file (referenced by {self.annotations})") from None
+    @property
+    def coco(self) -> COCO:
+        """pycocotools' COCO of the annotation file (degenerate boxes dropped): evaluation's ground truth."""
+        if self._coco is None:
+            self._coco = load_coco(self.annotations, drop_degenerate=True)
+        return self._coco
 
-    def _drop_degenerate(self) -> int:
-        anns = self.coco.dataset["annotations"]
-        kept = [a for a in anns if a["bbox"][2] > 0 and a["bbox"][3] > 0]
-        dropped = len(anns) - len(kept)
-        if dropped:
-            logger.warning("%s: dropped %d box(es) with zero width or height", self.annotations, dropped)
-            self.coco.dataset["annotations"] = kept
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.coco.createIndex()
-        return dropped
-
-    def _target_arrays(self, image_id: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(boxes (G, 4) xyxy float32 original pixels, labels (G,) int64, iscrowd (G,) bool)."""
-        anns = self.coco.imgToAnns.get(image_id, [])
-        xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
-        labels = np.asarray([self._label_of[a["category_id"]] for a in anns], dtype=np.int64)
-        iscrowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
-        return boxes, labels, iscrowd
-
-    def _path(self, image_id: int) -> str:
-        return os.path.join(self.images, self.coco.imgs[image_id]["file_name"])
+    def path_of(self, i: int) -> str:
+        return os.path.join(self.images, self.index.file_names[i].decode())
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def __getitem__(self, item: int | Tuple[int, bool]) -> Dict[str, Any]:
         index, flip = (item[0], bool(item[1])) if isinstance(item, tuple) else (item, False)
-        image_id = self.image_ids[operator.index(index)]
-        raw = decode_rgb(self._path(image_id))  # (3, H, W) uint8
+        i = operator.index(index)
+        FILES_OPENED[0] += 1
+        raw = decode_rgb(self.path_of(i))  # (3, H, W) uint8
         height, width = int(raw.shape[1]), int(raw.shape[2])
         scale = resize_scale(height, width, self.min_size, self.max_size)
         new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
-        image = raw  # at its own size: kept as bytes (normalize() makes the same floats on the device)
-        if (new_h, new_w) != (height, width):
-            image = F.interpolate(unit_floats(raw)[None], size=(new_h, new_w), mode="bilinear",
-                                  align_corners=False, antialias=scale < 1.0)[0].clamp_(0.0, 1.0)
+        image = raw
+        if (new_h, new_w) != (height, width):  # on the bytes: a quarter of float32's memory traffic
+            image = resize_image(raw, [new_h, new_w], antialias=True)
 
-        boxes_np, labels_np, crowd_np = self._targets[image_id]
-        boxes = torch.from_numpy(boxes_np * np.float32(scale))  # (G, 4) xyxy, resized pixels
+        lo, hi = int(self.index.ann_start[i]), int(self.index.ann_start[i + 1])
+        boxes = torch.from_numpy(self.index.boxes[lo:hi] * np.float32(scale))  # (G, 4) xyxy, resized pixels
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_h)
         inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, labels, iscrowd = boxes[inside], torch.from_numpy(labels_np)[inside], torch.from_numpy(crowd_np)[inside]
+        labels = torch.from_numpy(self.index.labels[lo:hi])[inside]
+        iscrowd = torch.from_numpy(self.index.iscrowd[lo:hi])[inside]
+        boxes = boxes[inside]
 
         flipped = flip and self.train
         if flipped:
@@ -265,7 +384,7 @@ class CocoDetection(torch.utils.data.Dataset):
             "boxes": boxes,
             "labels": labels,
             "iscrowd": iscrowd,
-            "image_id": int(image_id),
+            "image_id": int(self.image_ids[i]),
             "orig_size": (height, width),
             "scale": float(scale),
             "flipped": flipped,

@@ -1,7 +1,7 @@
 """The training data order: deterministic in (seed, position in the stream), resumable at any iteration."""
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -11,13 +11,21 @@ class StreamBatchSampler(torch.utils.data.Sampler):
 
     Epoch e is a permutation seeded by (seed, e); the flip of the p-th sample of the stream is seeded
     by (seed, p). Both are independent of workers and of where a run was interrupted.
+
+    ``groups`` (one int per image, e.g. :func:`aspect_ratio_groups`): batches hold images of one group
+    only, as detectron2's aspect-ratio grouping does, so that a batch pads to little more than its
+    images. The stream is the same; each image waits in its group's bucket until the bucket holds a
+    batch, and batches come out in the order they fill. With one group (square synthetic images) this
+    is exactly the ungrouped stream. Resuming replays the buckets up to ``start_iteration`` (integer
+    work only: ~1 s per million images).
     """
 
     def __init__(self, num_images: int, batch_size: int, iterations: int, seed: int, flip_prob: float,
-                 start_iteration: int = 0):
+                 start_iteration: int = 0, groups: Optional[Sequence[int]] = None):
         self.num_images, self.batch_size = num_images, batch_size
         self.iterations, self.seed, self.flip_prob = iterations, seed, flip_prob
         self.start_iteration = start_iteration
+        self.groups = None if groups is None or len(set(groups)) <= 1 else [int(g) for g in groups]
 
     def __len__(self) -> int:
         return self.iterations - self.start_iteration
@@ -26,15 +34,44 @@ class StreamBatchSampler(torch.utils.data.Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.num_images, generator=g).tolist()
 
+    def _stream(self, first: int = 0) -> Iterator[Tuple[int, int]]:
+        """(stream position p, image index) from position ``first`` on, endlessly."""
+        p = first
+        cached_epoch, order = -1, []
+        while True:
+            epoch, pos = divmod(p, self.num_images)
+            if epoch != cached_epoch:
+                cached_epoch, order = epoch, self._epoch(epoch)
+            yield p, order[pos]
+            p += 1
+
+    def _flip(self, flips: torch.Generator, p: int) -> bool:
+        flips.manual_seed(self.seed * 7_919 + p)
+        return bool(torch.rand((), generator=flips) < self.flip_prob)
+
     def __iter__(self) -> Iterator[List[Tuple[int, bool]]]:
         flips = torch.Generator()
-        cached_epoch, order = -1, []
-        for it in range(self.start_iteration, self.iterations):
-            batch = []
-            for p in range(it * self.batch_size, (it + 1) * self.batch_size):
-                epoch, pos = divmod(p, self.num_images)
-                if epoch != cached_epoch:
-                    cached_epoch, order = epoch, self._epoch(epoch)
-                flips.manual_seed(self.seed * 7_919 + p)
-                batch.append((order[pos], bool(torch.rand((), generator=flips) < self.flip_prob)))
-            yield batch
+        if self.groups is None:
+            stream = self._stream(self.start_iteration * self.batch_size)
+            for _ in range(self.start_iteration, self.iterations):
+                yield [(index, self._flip(flips, p)) for p, index in (next(stream) for _ in range(self.batch_size))]
+            return
+        buckets: Dict[int, List[Tuple[int, int]]] = {}
+        done = 0
+        for p, index in self._stream():
+            bucket = buckets.setdefault(self.groups[index], [])
+            bucket.append((p, index))
+            if len(bucket) < self.batch_size:
+                continue
+            batch, buckets[self.groups[index]] = bucket, []
+            if done >= self.start_iteration:
+                yield [(i, self._flip(flips, q)) for q, i in batch]
+            done += 1
+            if done >= self.iterations:
+                return
+
+
+def aspect_ratio_groups(heights: Sequence[int], widths: Sequence[int]) -> List[int]:
+    """detectron2's grouping: 0 for landscape (width >= height), 1 for portrait; images whose size the
+    annotation file does not give (0) count as landscape."""
+    return [1 if w and h and w < h else 0 for h, w in zip(heights, widths)]

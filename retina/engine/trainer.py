@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from .. import config as config_lib
 from ..data.loaders import build_datasets, make_loader
-from ..data.samplers import StreamBatchSampler
+from ..data.samplers import StreamBatchSampler, aspect_ratio_groups
 from ..evaluation.evaluator import evaluate_model
 from ..modeling.losses import from_config as loss_from_config
 from ..modeling.retinanet import RetinaNet, from_config as model_from_config
@@ -152,11 +152,12 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
     if ctx.enabled:
         loss_fn.count_over_processes = lambda n: distributed.sum_over_processes([n], device)[0]
 
+    groups = aspect_ratio_groups(train_set.heights, train_set.widths) if cfg.data.aspect_ratio_grouping else None
     sampler = StreamBatchSampler(len(train_set), t.batch_size, t.iterations, t.seed, cfg.data.flip_prob,
-                                 start_iteration)
+                                 start_iteration, groups=groups)
     if ctx.enabled:
         sampler = distributed.ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
-    loader = make_loader(train_set, sampler, cfg, device)
+    loader = make_loader(train_set, sampler, cfg, device, t.batch_size)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
 
     def checkpoint(iteration: int) -> None:

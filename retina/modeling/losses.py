@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import nms
+from torchvision.ops import batched_nms
 
 from .boxes import IGNORE, encode
 
@@ -44,31 +44,88 @@ def box_loss(box_deltas: torch.Tensor, anchors: torch.Tensor, matched_boxes: tor
     return F.smooth_l1_loss(box_deltas.float(), target, reduction="sum", beta=beta)
 
 
+# Anchors per image must stay below 2^OHEM_INDEX_BITS for the loss-order keys (a 600x1000 image: 116,712).
+OHEM_INDEX_BITS = 24
+OHEM_FIRST_PREFIX = 4  # the first NMS looks at this many times the batch size of highest-loss anchors
+
+
+def loss_order_keys(anchor_losses: torch.Tensor) -> torch.Tensor:
+    """(..., R) int64 keys, all distinct, whose decreasing order is the OHEM order: higher loss first,
+    the lower anchor index first among equal losses. A non-negative float32's bits, read as an
+    integer, order as the float does; the anchor index fills the low bits."""
+    bits = anchor_losses.detach().float().clamp(min=0.0).contiguous().view(torch.int32).to(torch.int64)
+    index = torch.arange(anchor_losses.shape[-1], device=anchor_losses.device, dtype=torch.int64)
+    return (bits << OHEM_INDEX_BITS) + ((1 << OHEM_INDEX_BITS) - 1 - index)
+
+
 def ohem_select(anchor_losses: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
                 batch_size: int, nms_thresh: float, pos_ratio: Optional[float]) -> torch.Tensor:
-    """Online hard example mining for one image (section 5.2).
+    """Online hard example mining (section 5.2) for a batch of images, or one image.
+
+    Per image: the non-ignored anchors in loss order (:func:`loss_order_keys`), greedy NMS over their
+    boxes at ``nms_thresh``, then the first ``batch_size`` survivors; with ``pos_ratio`` (e.g. 0.25 for
+    the paper's "1:3", SSD's variant) at most ``batch_size * pos_ratio`` positives and at most three
+    negatives per positive kept ((1 - r) / r; with few positives the minibatch is smaller: SSD's cap,
+    not Fast R-CNN's filling with negatives).
+
+    Exact and fast: greedy NMS decides each box from the boxes before it in the order, so NMS over the
+    highest-loss prefix keeps, within that prefix, exactly what NMS over all boxes keeps. Each image
+    starts with a prefix of OHEM_FIRST_PREFIX x batch_size anchors and doubles it until enough anchors
+    survive (1:3 also needs every positive seen, or enough of them kept); all images' prefixes go
+    through one batched NMS per round.
 
     Args:
-        anchor_losses: (R,) loss of each anchor (summed over classes), detached.
-        anchors: (R, 4) anchor boxes; labels: (R,) assignment (>= 0 fg, BACKGROUND, IGNORE).
-        pos_ratio: e.g. 0.25 for "1:3": at most ``batch_size * pos_ratio`` positives and three
-            negatives per positive ((1 - r) / r); None: the top ``batch_size`` whatever their label.
+        anchor_losses: (N, R) or (R,) loss of each anchor (summed over classes), detached.
+        anchors: (R, 4) anchor boxes; labels: (N, R) or (R,) assignment (>= 0 fg, BACKGROUND, IGNORE).
     Returns:
-        (R,) bool mask of the anchors kept: NMS over anchor boxes scored by loss, then the highest.
+        bool mask of the kept anchors, the shape of ``labels``.
     """
-    candidates = (labels != IGNORE).nonzero(as_tuple=True)[0]
-    keep = candidates[nms(anchors[candidates].float(), anchor_losses[candidates].float(), nms_thresh)]
-    # nms returns indices sorted by decreasing score (loss).
+    if labels.dim() == 1:
+        return ohem_select(anchor_losses[None], anchors, labels[None], batch_size, nms_thresh, pos_ratio)[0]
+    n = labels.shape[0]
+    device = labels.device
     mask = torch.zeros_like(labels, dtype=torch.bool)
-    if pos_ratio is None:
-        mask[keep[:batch_size]] = True
-        return mask
-    is_pos = labels[keep] >= 0
-    pos, neg = keep[is_pos], keep[~is_pos]
-    num_pos = min(len(pos), int(batch_size * pos_ratio))
-    num_neg = min(len(neg), int(round(num_pos * (1.0 - pos_ratio) / pos_ratio)), batch_size - num_pos)
-    mask[pos[:num_pos]] = True
-    mask[neg[:num_neg]] = True
+    keys = loss_order_keys(anchor_losses).masked_fill(labels == IGNORE, -1)  # ignored: last, never taken
+    num_candidates = (labels != IGNORE).sum(dim=1).tolist()
+    # the key of each image's lowest-loss positive: a prefix that reaches it has seen every positive
+    last_positive = keys.masked_fill(labels < 0, torch.iinfo(torch.int64).max).min(dim=1).values.tolist()
+    prefix = [min(num_candidates[i], OHEM_FIRST_PREFIX * batch_size) for i in range(n)]
+    pending = [i for i in range(n) if num_candidates[i]]
+    cap = int(batch_size * pos_ratio) if pos_ratio is not None else batch_size
+    while pending:
+        tops = [keys[i].topk(prefix[i]) for i in pending]  # each image's first prefix[i], in loss order
+        order = [t.indices for t in tops]
+        sizes = [len(o) for o in order]
+        groups = torch.repeat_interleave(torch.arange(len(pending), device=device), torch.tensor(sizes, device=device))
+        # scores that decrease along each prefix: NMS then visits the boxes in exactly the loss order
+        ranks = torch.cat([torch.arange(k, 0, -1, dtype=torch.float32, device=device) for k in sizes])
+        keep = batched_nms(anchors[torch.cat(order)].float(), ranks, groups, nms_thresh)  # per group, in order
+        kept_group = groups[keep]
+        offsets = [0]
+        for k in sizes[:-1]:
+            offsets.append(offsets[-1] + k)
+        unfinished = []
+        for j, i in enumerate(pending):
+            kept = order[j][keep[kept_group == j] - offsets[j]]
+            whole = prefix[i] == num_candidates[i]
+            if pos_ratio is None:
+                if len(kept) >= batch_size or whole:
+                    mask[i, kept[:batch_size]] = True
+                    continue
+            else:
+                is_pos = labels[i, kept] >= 0
+                pos, neg = kept[is_pos], kept[~is_pos]
+                every_positive = whole or int(tops[j].values[-1]) <= last_positive[i]
+                if len(pos) >= cap or every_positive:
+                    num_pos = min(len(pos), cap)
+                    num_neg = min(int(round(num_pos * (1.0 - pos_ratio) / pos_ratio)), batch_size - num_pos)
+                    if len(neg) >= num_neg or whole:
+                        mask[i, pos[:num_pos]] = True
+                        mask[i, neg[:num_neg]] = True
+                        continue
+            unfinished.append(i)
+            prefix[i] = min(num_candidates[i], 2 * prefix[i])
+        pending = unfinished
     return mask
 
 
@@ -149,9 +206,8 @@ class RetinaLoss:
         per_element = focal_loss(cls_logits, targets, self.alpha, self.gamma)  # (N, R, K)
         if self.kind == "ohem":
             per_anchor = per_element.sum(dim=2)  # (N, R)
-            kept = torch.stack([
-                ohem_select(per_anchor[i].detach(), anchors, labels[i], self.ohem_batch_size, self.ohem_nms,
-                            self.ohem_pos_ratio) for i in range(n)])
+            kept = ohem_select(per_anchor.detach(), anchors, labels, self.ohem_batch_size, self.ohem_nms,
+                               self.ohem_pos_ratio)  # (N, R), all images at once
             cls_sum = (per_anchor * kept).sum()
         else:
             cls_sum = (per_element * (labels != IGNORE).unsqueeze(2)).sum()
