@@ -104,6 +104,19 @@ def max_over_processes(values: Sequence[float], device: torch.device) -> List[fl
     return _all_reduce(values, device, dist.ReduceOp.MAX)
 
 
+def sum_tensor_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """An all-reduce (sum) of a device tensor; the result stays on the device (no host read)."""
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def max_tensor_over_processes(t: torch.Tensor) -> torch.Tensor:
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
 def pad_like_global_batch(batch: Dict, device: torch.device) -> Dict:
     """Zero-pad ``batch["images"]`` (N, 3, H, W) to the largest padded size over all processes.
 

@@ -18,7 +18,6 @@ rank 0 only.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -71,10 +70,11 @@ def describe_backbone_init(cfg: DictConfig, source) -> Dict[str, str]:
 
 @dataclass
 class _Window:
-    """Running sums between two on_metrics calls."""
-    loss_cls: float = 0.0
-    loss_box: float = 0.0
-    num_fg: float = 0.0
+    """Running sums between two on_metrics calls; the losses and counts as device tensors (0 until the
+    first step), read once at the log step."""
+    loss_cls: object = 0.0
+    loss_box: object = 0.0
+    num_fg: object = 0.0
     steps: int = 0
     images: int = 0
     data_wait: float = 0.0
@@ -150,7 +150,7 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
         set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
         log.info("resumed from %s at iteration %d", resume_from, start_iteration)
     if ctx.enabled:
-        loss_fn.count_over_processes = lambda n: distributed.sum_over_processes([n], device)[0]
+        loss_fn.count_over_processes = distributed.sum_tensor_over_processes
 
     groups = aspect_ratio_groups(train_set.heights, train_set.widths) if cfg.data.aspect_ratio_grouping else None
     sampler = StreamBatchSampler(len(train_set), t.batch_size, t.iterations, t.seed, cfg.data.flip_prob,
@@ -182,6 +182,16 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
             figures = distributed.sum_over_processes([f if ctx.is_main else 0.0 for f in figures], device)
         return {"iteration": iteration, **dict(zip(EVAL_CURVE_KEYS, figures)), "eval_s": time.perf_counter() - start}
 
+    # the first iteration whose loss was not finite (-1: none yet): kept on the device and read only
+    # at log, checkpoint and evaluation steps, so divergence is found at most train.log_every late
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def diverged_since() -> Optional[int]:
+        """The iteration (1-based) of the first non-finite loss so far, or None (a host read)."""
+        bad = distributed.max_tensor_over_processes(first_bad) if ctx.enabled else first_bad
+        value = int(bad)
+        return value if value >= 0 else None
+
     model.train()
     status, diverged_at = "finished", None
     window = _Window(start=time.perf_counter())
@@ -198,43 +208,48 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
             batch = distributed.pad_like_global_batch(batch, device)
         losses = batch_losses(model, loss_fn, batch, cfg, device)
         loss = losses.total
-        # this batch's figures: this process's, or (distributed) the sums over all processes, which
-        # are the whole batch's: every process then takes the same decisions (divergence) and reports
-        # the same metrics
-        loss_cls, loss_box = float(losses.loss_cls.detach()), float(losses.loss_box.detach())
-        num_fg, batch_images = float(losses.num_foreground), int(batch["images"].shape[0])
-        if ctx.enabled:
-            loss_cls, loss_box, num_fg, images = distributed.sum_over_processes(
-                [loss_cls, loss_box, num_fg, batch_images], device)
-            batch_images = int(images)
-        loss_value = loss_cls + loss_box
-        if not math.isfinite(loss_value):
-            status, diverged_at = "diverged", iteration + 1
-            log.warning("non-finite loss (%s) at iteration %d: stopping", loss_value, diverged_at)
-            break
+        # no host read here: the finiteness check and the window's sums stay on the device
+        loss_cls, loss_box = losses.loss_cls.detach(), losses.loss_box.detach()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss_cls + loss_box),
+                                torch.full_like(first_bad, iteration + 1), first_bad)
         # DDP averages the processes' gradients; each process's loss is its part of the batch's sum
         # (divided by the global count), so x N makes the average their sum: the whole batch's gradient
         apply_gradients(loss * ctx.world_size if ctx.enabled else loss, optimizer, trainable, t.grad_clip_norm)
         iteration += 1
+        batch_images = t.batch_size if ctx.enabled else int(batch["images"].shape[0])  # the whole batch's
         images_seen += batch_images
-        window.loss_cls += loss_cls
-        window.loss_box += loss_box
-        window.num_fg += num_fg
+        window.loss_cls = window.loss_cls + loss_cls
+        window.loss_box = window.loss_box + loss_box
+        window.num_fg = window.num_fg + losses.num_foreground  # the whole batch's already
         window.steps += 1
         window.images += batch_images
 
-        if iteration % t.log_every == 0 or iteration == t.iterations:
+        log_step = iteration % t.log_every == 0 or iteration == t.iterations
+        checkpoint_step = bool(t.checkpoint_every) and iteration % t.checkpoint_every == 0 and iteration < t.iterations
+        eval_step = bool(cfg.eval.every) and iteration % cfg.eval.every == 0 and iteration < t.iterations
+        if log_step or checkpoint_step or eval_step:
+            bad_at = diverged_since()
+            if bad_at is not None:  # nothing after it is worth logging, saving or evaluating
+                status, diverged_at, iteration = "diverged", bad_at, bad_at - 1
+                log.warning("non-finite loss at iteration %d: stopping", diverged_at)
+                break
+        if log_step:
             now = time.perf_counter()
             dt = max(now - window.start, 1e-9)
             rate = window.images / dt
+            sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(())
+                                for v in (window.loss_cls, window.loss_box, window.num_fg)])
+            if ctx.enabled:  # each process's losses are its part of the batch's: their sums are the batch's
+                sums = torch.cat([distributed.sum_tensor_over_processes(sums[:2]), sums[2:]])
+            w_cls, w_box, w_fg = sums.tolist()  # the one host read of a log step
             metrics = {
                 "iteration": iteration,
-                "loss_cls": window.loss_cls / window.steps,
-                "loss_box": window.loss_box / window.steps,
-                "loss": (window.loss_cls + window.loss_box) / window.steps,
+                "loss_cls": w_cls / window.steps,
+                "loss_box": w_box / window.steps,
+                "loss": (w_cls + w_box) / window.steps,
                 "lr": lr,
                 "images_per_s": rate,
-                "num_foreground": window.num_fg / window.steps,
+                "num_foreground": w_fg / window.steps,
                 "data_wait_share": window.data_wait / dt,
                 "elapsed_s": now - train_start,
                 "eta_s": (t.iterations - iteration) * t.batch_size / max(rate, 1e-9),
@@ -242,9 +257,9 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
             if on_metrics:
                 on_metrics(metrics)
             window = _Window(start=time.perf_counter())
-        if t.checkpoint_every and iteration % t.checkpoint_every == 0 and iteration < t.iterations:
+        if checkpoint_step:
             checkpoint(iteration)
-        if cfg.eval.every and iteration % cfg.eval.every == 0 and iteration < t.iterations:
+        if eval_step:
             point = evaluate_during_training(iteration)
             eval_history.append(point)
             eval_time += point["eval_s"]

@@ -93,7 +93,8 @@ def match_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: torch
     Args:
         anchors: (R, 4), shared by the batch.
         gt_boxes: (N, G, 4) padded ground truth; ``gt_valid`` (N, G) marks the real ones.
-        gt_crowd: (N, G) crowd boxes: never foreground; an anchor that would match one is ignored.
+        gt_crowd: (N, G) crowd boxes: never foreground; an anchor that would match one is ignored. None
+            when the batch has none (the same labels, less work).
         chunk_elements: the (N, G, anchors) IoU values computed at once; the anchors are processed in
             chunks of ``chunk_elements // (N * G)``. The result does not depend on it (each IoU value
             and each per-anchor decision is the same; tests/test_speed_paths.py checks it).
@@ -105,10 +106,10 @@ def match_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: torch
     device = anchors.device
     if g == 0 or r == 0:
         return torch.full((n, r), BACKGROUND, dtype=torch.long, device=device)
-    crowd = gt_crowd if gt_crowd is not None else torch.zeros_like(gt_valid)
+    has_crowd = gt_crowd is not None  # (decided by the caller, on the host: no wait for the device here)
+    crowd = gt_crowd if has_crowd else torch.zeros_like(gt_valid)
     regular = gt_valid & ~crowd
     crowd_valid = gt_valid & crowd
-    has_crowd = bool(crowd_valid.any())
     step = max(1, chunk_elements // (n * g))
     chunks = [(s, min(s + step, r)) for s in range(0, r, step)]
 
@@ -140,10 +141,14 @@ def match_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, gt_valid: torch
     if allow_low_quality_matches:
         # Each real box also claims the anchor(s) with its highest IoU (ties included), if that IoU > 0.
         claims = regular[:, :, None] & (best_per_gt > 0)  # (N, G, 1)
+        # (an anchor claimed by several boxes goes to the last of them; masks, not nonzero: no device wait)
+        box_index = torch.arange(g, device=device).view(1, g, 1)
         for start, stop in chunks:
             iou_regular = kept[0] if kept else regular_iou(start, stop)[1]
-            img, gt_idx, anchor_idx = ((iou_regular == best_per_gt) & claims).nonzero(as_tuple=True)
-            labels[img, anchor_idx + start] = gt_idx
+            hit = (iou_regular == best_per_gt) & claims  # (N, G, chunk)
+            claimer = torch.where(hit, box_index, torch.full_like(box_index, -1)).max(dim=1).values  # (N, chunk)
+            chunk = labels[:, start:stop]
+            chunk.copy_(torch.where(claimer >= 0, claimer, chunk))
     if has_crowd:
         labels[(labels == BACKGROUND) & crowd_hit] = IGNORE
     return labels

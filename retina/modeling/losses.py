@@ -36,12 +36,17 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma:
 
 
 def box_loss(box_deltas: torch.Tensor, anchors: torch.Tensor, matched_boxes: torch.Tensor,
-             beta: float) -> torch.Tensor:
-    """Smooth L1 summed over the given foreground anchors: (F, 4) predictions, anchors, matched gt."""
+             beta: float, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Smooth L1 summed over foreground anchors: (..., 4) predictions, anchors, matched gt boxes;
+    ``mask`` (...) selects the foreground ones (None: all)."""
     target = encode(anchors, matched_boxes)
     if beta == 0:
-        return F.l1_loss(box_deltas.float(), target, reduction="sum")
-    return F.smooth_l1_loss(box_deltas.float(), target, reduction="sum", beta=beta)
+        per = F.l1_loss(box_deltas.float(), target, reduction="none")
+    else:
+        per = F.smooth_l1_loss(box_deltas.float(), target, reduction="none", beta=beta)
+    if mask is not None:
+        per = torch.where(mask.unsqueeze(-1), per, torch.zeros_like(per))
+    return per.sum()
 
 
 # Anchors per image must stay below 2^OHEM_INDEX_BITS for the loss-order keys (a 600x1000 image: 116,712).
@@ -131,19 +136,20 @@ def ohem_select(anchor_losses: torch.Tensor, anchors: torch.Tensor, labels: torc
 
 def classification_targets(labels: torch.Tensor, gt_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """One-hot targets (N, R, K) in {0, 1}: 1 at (image, anchor, class of its matched box) for
-    foreground anchors; ``labels`` (N, R) from match_anchors, ``gt_labels`` (N, G) contiguous."""
-    n, r = labels.shape
-    targets = torch.zeros(n, r, num_classes, device=labels.device)
-    img, anchor = (labels >= 0).nonzero(as_tuple=True)
-    targets[img, anchor, gt_labels[img, labels[img, anchor]]] = 1.0
-    return targets
+    foreground anchors; ``labels`` (N, R) from match_anchors, ``gt_labels`` (N, G) contiguous. Built
+    by a gather and a one-hot over K + 1 classes (the last, "background", dropped): no ``nonzero``,
+    so no wait for the device."""
+    fg = labels >= 0
+    cls = gt_labels.gather(1, labels.clamp(min=0))  # (N, R): the class of each anchor's matched box
+    cls = torch.where(fg, cls, torch.full_like(cls, num_classes))
+    return F.one_hot(cls, num_classes + 1)[..., :num_classes].to(torch.float32)
 
 
 @dataclass
 class LossOutput:
     loss_cls: torch.Tensor
     loss_box: torch.Tensor
-    num_foreground: int
+    num_foreground: torch.Tensor  # () float: this batch's foreground anchors (all processes' when data-parallel)
 
     @property
     def total(self) -> torch.Tensor:
@@ -155,7 +161,9 @@ class RetinaLoss:
 
     Classification sums over all non-ignored anchors (focal) or over the OHEM-kept anchors, and both
     terms are divided by the number of foreground anchors in the batch (optionally an exponential
-    moving average of it, ``normalizer_momentum``).
+    moving average of it, ``normalizer_momentum``). Everything stays on the device: the count and its
+    average are tensors, the box loss is masked rather than gathered, so a training step never waits
+    for the device here (OHEM's selection does: its prefix sizes are decided on the host).
     """
 
     def __init__(self, kind: str = "focal", alpha: float = 0.25, gamma: float = 2.0,
@@ -166,27 +174,30 @@ class RetinaLoss:
         self.smooth_l1_beta, self.box_weight = smooth_l1_beta, box_weight
         self.normalizer_momentum = normalizer_momentum
         self.ohem_batch_size, self.ohem_nms, self.ohem_pos_ratio = ohem_batch_size, ohem_nms, ohem_pos_ratio
-        self.normalizer_ema: Optional[float] = None  # state, saved in checkpoints
-        # Data-parallel training (retina.distributed, set by retina.train.fit): sums this process's
-        # foreground count over all processes, so that each divides by the whole batch's count (and
-        # the moving average follows it) exactly as one process with the whole batch would.
-        self.count_over_processes: Optional[Callable[[int], float]] = None
+        self.normalizer_ema: Optional[torch.Tensor] = None  # () float64 state, saved in checkpoints
+        # Data-parallel training (retina.engine.distributed, set by fit): sums this process's foreground
+        # count tensor over all processes (an all-reduce on the device, no host read), so that each
+        # divides by the whole batch's count (and the moving average follows it) as one process would.
+        self.count_over_processes: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def state_dict(self) -> dict:
-        return {"normalizer_ema": self.normalizer_ema}
+        return {"normalizer_ema": None if self.normalizer_ema is None else float(self.normalizer_ema)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.normalizer_ema = state.get("normalizer_ema")
+        ema = state.get("normalizer_ema")
+        self.normalizer_ema = None if ema is None else torch.tensor(float(ema), dtype=torch.float64)
 
-    def _normalizer(self, num_foreground: int) -> float:
-        if self.count_over_processes is not None:
-            num_foreground = self.count_over_processes(num_foreground)
-        if self.normalizer_momentum <= 0:
-            return max(1.0, float(num_foreground))
-        m = self.normalizer_momentum
-        self.normalizer_ema = (float(num_foreground) if self.normalizer_ema is None
-                               else m * self.normalizer_ema + (1 - m) * num_foreground)
-        return max(1.0, self.normalizer_ema)
+    def _normalizer(self, count: torch.Tensor) -> torch.Tensor:
+        """() float32 tensor: max(1, count) or max(1, its moving average); ``count``: () float64, the
+        whole batch's foreground anchors."""
+        if self.normalizer_momentum > 0:
+            m = self.normalizer_momentum
+            if self.normalizer_ema is None:
+                self.normalizer_ema = count
+            else:
+                self.normalizer_ema = m * self.normalizer_ema.to(count.device) + (1 - m) * count
+            count = self.normalizer_ema
+        return count.clamp(min=1.0).to(torch.float32)
 
     def __call__(self, cls_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,
                  labels: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor) -> LossOutput:
@@ -198,10 +209,9 @@ class RetinaLoss:
         """
         n, r, k = cls_logits.shape
         fg = labels >= 0  # (N, R)
-        num_fg = int(fg.sum())
+        num_fg = fg.sum()  # () long, on the device
         matched = labels.clamp(min=0)  # (N, R) gt index (garbage where not fg)
         targets = classification_targets(labels, gt_labels, k)
-        fg_img, fg_anchor = fg.nonzero(as_tuple=True)
 
         per_element = focal_loss(cls_logits, targets, self.alpha, self.gamma)  # (N, R, K)
         if self.kind == "ohem":
@@ -212,14 +222,17 @@ class RetinaLoss:
         else:
             cls_sum = (per_element * (labels != IGNORE).unsqueeze(2)).sum()
 
-        if num_fg:
-            matched_boxes = gt_boxes[fg_img, matched[fg_img, fg_anchor]]  # (F, 4)
-            box_sum = box_loss(box_deltas[fg_img, fg_anchor], anchors[fg_anchor], matched_boxes,
-                               self.smooth_l1_beta)
-        else:
-            box_sum = box_deltas.sum() * 0.0
-        norm = self._normalizer(num_fg)
-        return LossOutput(cls_sum / norm, self.box_weight * box_sum / norm, num_fg)
+        # smooth L1 over the foreground anchors: computed for every anchor against its matched box (the
+        # anchor itself where there is none: a zero target) and masked, instead of gathered by nonzero
+        anchors_n = anchors.unsqueeze(0).expand(n, r, 4)
+        matched_boxes = gt_boxes.gather(1, matched.unsqueeze(2).expand(n, r, 4))  # (N, R, 4)
+        matched_boxes = torch.where(fg.unsqueeze(2), matched_boxes, anchors_n)
+        box_sum = box_loss(box_deltas, anchors_n, matched_boxes, self.smooth_l1_beta, mask=fg)
+        count = num_fg.to(torch.float64)
+        if self.count_over_processes is not None:
+            count = self.count_over_processes(count)  # the whole batch's
+        norm = self._normalizer(count)
+        return LossOutput(cls_sum / norm, self.box_weight * box_sum / norm, count.to(torch.float32))
 
 
 def from_config(cfg) -> RetinaLoss:
