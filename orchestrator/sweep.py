@@ -74,6 +74,8 @@ KEY_EXCLUDED: Tuple[str, ...] = (
     "train.checkpoint_every",
     "train.num_threads",
     "train.compile",
+    "train.cudnn_benchmark",
+    "train.cuda_memory_fraction",
     "data.num_workers",
     "data.prefetch_mb",
     "data.synthetic.cache_dir",
@@ -83,6 +85,7 @@ KEY_EXCLUDED: Tuple[str, ...] = (
 # default, how every earlier run ran), so those runs keep their keys and are found and resumed.
 KEY_OMITTED_AT: Dict[str, Any] = {
     "train.amp_cpu": False,
+    "train.amp_dtype": "bfloat16",
 }
 
 TOP_LEVEL_KEYS = ("name", "description", "tables", "profile", "base", "seeds", "rows", "grid", "resources",

@@ -157,7 +157,14 @@ class TrainConfig:
     grad_clip_norm: Optional[float] = None  # None = no clipping (the paper)
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
-    amp: bool = True  # bf16 autocast on CUDA; on CPU only with amp_cpu
+    amp: bool = True  # autocast on CUDA (amp_dtype); on CPU only with amp_cpu
+    # "bfloat16", or "float16" (with a GradScaler: for GPUs without bf16, before Ampere)
+    amp_dtype: str = "bfloat16"
+    # cuDNN's autotuner (torch.backends.cudnn.benchmark), on CUDA where every batch has the same shape
+    cudnn_benchmark: bool = True
+    # cap this process's CUDA memory at this fraction of the GPU (0: no cap); the orchestrator sets it for
+    # trials that share a GPU (--gpus-per-trial 0.25 -> 0.25), so one cannot starve the others
+    cuda_memory_fraction: float = 0.0
     # bf16 autocast on CPU too (with amp): to measure bf16's accuracy without a GPU. Emulated where the
     # CPU lacks AVX512-BF16/AMX (~13x slower here), and the fast_cpu_convs paths step aside.
     amp_cpu: bool = False
@@ -178,6 +185,9 @@ class EvalConfig:
     nms_thresh: float = 0.5
     max_detections: int = 100
     batch_size: int = 8
+    # also time inference at batch size 1 on this many validation images (inference_ms_batch1), as the
+    # paper timed Table 1e; 0 = not timed
+    timing_images: int = 0
 
 
 @dataclass
@@ -491,6 +501,10 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
     need(0.0 < e.nms_thresh <= 1.0, "eval.nms_thresh", e.nms_thresh, "a value in (0, 1]")
     need(e.max_detections >= 1, "eval.max_detections", e.max_detections, "an integer >= 1")
     need(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer >= 1")
+    need(e.timing_images >= 0, "eval.timing_images", e.timing_images, "an integer >= 0")
+    need(t.amp_dtype in ("bfloat16", "float16"), "train.amp_dtype", t.amp_dtype, "'bfloat16' or 'float16'")
+    need(0.0 <= t.cuda_memory_fraction <= 1.0, "train.cuda_memory_fraction", t.cuda_memory_fraction,
+         "a fraction in [0, 1] (0: no cap)")
 
 
 def _validate_backbone(m: DictConfig, cfg_pretrain: DictConfig, need, check_paths: bool) -> None:

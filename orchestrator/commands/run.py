@@ -201,7 +201,10 @@ def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, 
     for t in todo:
         # torch threads = the trial's CPUs (train.num_threads is not part of the trial key)
         threads = runner.trial_threads(resources.cpus_per_trial, t.config.data.num_workers)
-        t.config = OmegaConf.merge(t.config, {"train": {"num_threads": threads}})
+        train = {"num_threads": threads}
+        if 0 < resources.gpus_per_trial < 1:  # trials share a GPU: each keeps to its share of its memory
+            train["cuda_memory_fraction"] = float(resources.gpus_per_trial)
+        t.config = OmegaConf.merge(t.config, {"train": train})
         record = state.trials.get(t.key)
         resume_from = None
         if record is not None and record.checkpoint:
@@ -212,7 +215,8 @@ def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, 
                 print(f"{t.key}  {t.label}: checkpoint {record.checkpoint} is gone; starting over")
         specs.append(runner.TrialSpec(t.key, t.container(), resume_from))
 
-    tracker = tracking.SweepTracker(uri, sweep, state, entry_point=_entry_point(args))
+    tracker = tracking.SweepTracker(uri, sweep, state, entry_point=_entry_point(args),
+                                    gpus_per_trial=resources.gpus_per_trial)
     tracker.open()  # the store answered check_store a moment ago; from here on writes go through the outbox
     if superseded:
         tracker.supersede({k: r.run_id for k, r in superseded.items()}, " ".join(args.rerun))

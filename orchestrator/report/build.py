@@ -12,13 +12,28 @@ from .paper import PAPER
 from .rows import OurRow, build_table, mark_convergence, our_rows
 
 
+def gpus_of(tags: Dict[str, str]) -> float:
+    """The GPUs a trial held: its ``gpus`` tag (a fraction where trials shared one, N for N
+    data-parallel workers), else what its device tag says ("cuda ..." 1, "8 x cuda ..." 8), else 0."""
+    if tags.get("gpus") not in (None, ""):
+        try:
+            return float(tags["gpus"])
+        except ValueError:
+            pass
+    device = tags.get("device", "")
+    head = device.split(" x ", 1)
+    if len(head) == 2 and head[1].startswith("cuda") and head[0].strip().isdigit():
+        return float(head[0])
+    return 1.0 if device.startswith("cuda") else 0.0
+
+
 def settings(record) -> Dict[str, Any]:
     """Profile, data, iterations, hardware and compute time of a sweep's runs."""
     def values(key: str, source: str = "params") -> str:
         vs = sorted({format_value(getattr(r, source).get(key)) for r in record.runs if key in getattr(r, source)})
         return ", ".join(vs) or "?"
 
-    gpu_s = sum(r.metrics.get("train_time_s", 0.0) for r in record.runs if r.tags.get("device", "").startswith("cuda"))
+    gpu_s = sum(r.metrics.get("train_time_s", 0.0) * gpus_of(r.tags) for r in record.runs)
     all_s = sum(r.metrics.get("train_time_s", 0.0) for r in record.runs)
     versions = sorted({r.tags.get("code_version", "?") for r in record.runs})
     flags = []

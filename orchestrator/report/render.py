@@ -15,6 +15,15 @@ from .rows import fmt
 
 FIGURE4_IMAGES = 50  # validation images whose anchors Figure 4 analyses
 
+TABLE_NOTES = {
+    "1d": "OHEM as run here (the paper is silent on these): the batch counts anchors per image after NMS over all "
+          "its anchors, an anchor's loss is its CE summed over classes, the box loss covers every positive and both "
+          "losses are divided by the positive count (as for FL); 1:3 is SSD's variant: at most batch x .25 "
+          "positives and three negatives per positive (fewer positives, a smaller minibatch).",
+    "1e": "Time: inference ms per image at batch 1 (forward + post-processing, as the paper's M40 timing) where "
+          "eval.timing_images > 0, else per image at eval.batch_size.",
+}
+
 VERDICT_RULES = ("Verdicts know their noise: a claim \"A beats B\" **holds** where mean(A) - mean(B) over seeds "
                  "exceeds 2 standard errors (the sweep's pooled seed standard deviation), **does not hold** where the "
                  "opposite difference does, is **inconclusive** in between, and says **single seed** where no row "
@@ -84,6 +93,8 @@ def write_report(report: SweepReport, directory: Path) -> None:
         shown = _display(df, t)
         md += [f"## {caption}", "", _markdown(shown), "", "Verdicts:", ""]
         md += [f"- {v.claim}: **{v.mark}** ({v.detail})" for v in report.verdicts[t]]
+        if t in TABLE_NOTES:
+            md += ["", TABLE_NOTES[t]]
         tolerance = df["convergence_tolerance"].iloc[0] if len(df) else float("nan")
         if df["converged"].notna().any():
             md += ["", f"Converged: the AP gained over the last quarter of the schedule is at most {tolerance:.2f} "

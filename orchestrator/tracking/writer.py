@@ -22,8 +22,8 @@ from .store import artifact_location, mlflow_client
 
 CURVE_METRICS = ("loss_cls", "loss_box", "loss", "lr", "images_per_s", "num_foreground", "data_wait_share")
 EVAL_METRICS = ("AP", "AP50", "AP75")  # by step during training (eval.every): the AP curve
-FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "inference_ms", "train_time_s", "train_images_per_s",
-                 "eval_during_training_s")
+FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "inference_ms", "inference_ms_batch1", "train_time_s",
+                 "train_images_per_s", "eval_during_training_s")
 RESULT_TAGS = ("backbone_init", "backbone_weights_sha256", "precision")  # fit's result, recorded as tags
 
 
@@ -69,13 +69,14 @@ class SweepTracker:
     """Driver-side MLflow writer for one sweep invocation; receives the runner's trial events."""
 
     def __init__(self, uri: str, sweep: Sweep, state: SweepState, version: Optional[str] = None,
-                 entry_point: str = "python -m orchestrator run"):
+                 entry_point: str = "python -m orchestrator run", gpus_per_trial: float = 0.0):
         self.uri, self.sweep, self.state = uri, sweep, state
         # MLflow's standard source tags (git commit, source, user) and the code version, on every run
         self.source = source_tags(entry_point)
         if version is not None:
             self.source["code_version"] = version
         self.version = self.source["code_version"]
+        self.gpus_per_trial = float(gpus_per_trial)  # each trial's GPUs (a fraction shares one): GPU-hours
         self.client = mlflow_client(uri)
         self.experiment_id: Optional[str] = state.experiment_id
         self.parent_run_id: Optional[str] = state.parent_run_id
@@ -137,7 +138,8 @@ class SweepTracker:
     def trial_started(self, key: str) -> None:
         trial = self.sweep.trial(key)
         c = self.client
-        tags = {**trial_tags(self.sweep, trial), "status": "running", **self.source}
+        tags = {**trial_tags(self.sweep, trial), "status": "running", **self.source,
+                "gpus": format_value(self.gpus_per_trial)}
         run_id = self.run_ids.get(key)
         if run_id is None:
             run = c.create_run(self.experiment_id, run_name=f"{trial.label} [{key}]",

@@ -18,13 +18,26 @@ from ..modeling.losses import LossOutput, RetinaLoss
 
 
 def uses_amp(cfg: DictConfig, device: torch.device) -> bool:
-    """bf16 autocast (``train.amp``): on CUDA; on the CPU only with ``train.amp_cpu``."""
+    """Autocast (``train.amp``): on CUDA; on the CPU only with ``train.amp_cpu``."""
     return bool(cfg.train.amp) and (device.type == "cuda" or (device.type == "cpu" and bool(cfg.train.amp_cpu)))
 
 
+def amp_dtype(cfg: DictConfig) -> torch.dtype:
+    return torch.float16 if cfg.train.amp_dtype == "float16" else torch.bfloat16
+
+
 def precision(cfg: DictConfig, device: torch.device) -> str:
-    """What the model computes in: "bf16-autocast" or "fp32"."""
-    return "bf16-autocast" if uses_amp(cfg, device) else "fp32"
+    """What the model computes in: "bf16-autocast", "fp16-autocast" or "fp32"."""
+    if not uses_amp(cfg, device):
+        return "fp32"
+    return "fp16-autocast" if amp_dtype(cfg) == torch.float16 else "bf16-autocast"
+
+
+def grad_scaler(cfg: DictConfig, device: torch.device) -> Optional[torch.amp.GradScaler]:
+    """float16 autocast needs loss scaling (small gradients underflow); bf16 and fp32 do not: None."""
+    if uses_amp(cfg, device) and amp_dtype(cfg) == torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return None
 
 
 def uses_channels_last(cfg: DictConfig, device: torch.device) -> bool:
@@ -40,7 +53,7 @@ def forward(model, batch: dict, cfg: DictConfig, device: torch.device) -> Dict[s
     images = normalize(batch["images"].to(device, non_blocking=True), batch["image_sizes"])
     if uses_channels_last(cfg, device):
         images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_amp(cfg, device)):
+    with torch.autocast(device.type, dtype=amp_dtype(cfg), enabled=uses_amp(cfg, device)):
         return model(images)
 
 
@@ -68,11 +81,20 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def apply_gradients(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
-                    grad_clip_norm: Optional[float]) -> None:
+                    grad_clip_norm: Optional[float], scaler: Optional[torch.amp.GradScaler] = None) -> None:
     """One optimizer update from ``loss``: gradients zeroed, backward, clipped to ``grad_clip_norm``
-    (total norm over ``params``; None: no clipping), step."""
+    (total norm over ``params``; None: no clipping), step. With a GradScaler (fp16): the loss scaled,
+    the gradients unscaled before clipping, the step skipped where they overflowed."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+        if grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
     if grad_clip_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, grad_clip_norm)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()

@@ -36,7 +36,7 @@ from ..modeling.retinanet import RetinaNet, from_config as model_from_config
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from .schedule import learning_rate
-from .step import apply_gradients, losses as batch_losses, precision, set_learning_rate, uses_channels_last
+from .step import apply_gradients, grad_scaler, losses as batch_losses, precision, set_learning_rate, uses_channels_last
 
 log = logging.getLogger("retina.train")
 
@@ -119,6 +119,9 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
                                      "data-parallel processes; expected at least one image per process")
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
+    if device.type == "cuda":
+        if t.cuda_memory_fraction:  # a trial sharing its GPU keeps to its share
+            torch.cuda.set_per_process_memory_fraction(float(t.cuda_memory_fraction), device)
     random.seed(t.seed)
     torch.manual_seed(t.seed)
 
@@ -158,6 +161,12 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
     if ctx.enabled:
         sampler = distributed.ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
     loader = make_loader(train_set, sampler, cfg, device, t.batch_size)
+    scaler = grad_scaler(cfg, device)  # fp16 only
+    if device.type == "cuda":
+        # cuDNN's autotuner pays where every batch has one shape: images of one size, no resizing
+        fixed = len({(int(h), int(w)) for h, w in zip(train_set.heights, train_set.widths)}) == 1 and \
+            cfg.data.min_size == cfg.data.max_size == int(train_set.heights[0]) == int(train_set.widths[0])
+        torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark and fixed)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
 
     def checkpoint(iteration: int) -> None:
@@ -214,7 +223,7 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
                                 torch.full_like(first_bad, iteration + 1), first_bad)
         # DDP averages the processes' gradients; each process's loss is its part of the batch's sum
         # (divided by the global count), so x N makes the average their sum: the whole batch's gradient
-        apply_gradients(loss * ctx.world_size if ctx.enabled else loss, optimizer, trainable, t.grad_clip_norm)
+        apply_gradients(loss * ctx.world_size if ctx.enabled else loss, optimizer, trainable, t.grad_clip_norm, scaler)
         iteration += 1
         batch_images = t.batch_size if ctx.enabled else int(batch["images"].shape[0])  # the whole batch's
         images_seen += batch_images

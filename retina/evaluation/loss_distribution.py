@@ -15,7 +15,7 @@ from typing import Dict, Sequence
 import torch
 
 from ..config import from_container
-from ..data.loaders import build_datasets, val_loader
+from ..data.loaders import build_val_dataset, val_loader
 from ..engine.checkpoint import load_checkpoint
 from ..engine.step import assign, forward
 from ..modeling.boxes import IGNORE
@@ -35,20 +35,29 @@ def lorenz(losses: torch.Tensor, points: int = 201) -> torch.Tensor:
     return cumulative[idx].float()
 
 
+MAX_NEGATIVES = 10_000_000  # the paper's Figure 4 counts ~1e7 negatives; more are sampled down to this
+
+
 @torch.no_grad()
-def collect_logits(checkpoint: str | Path, max_images: int = 50) -> Dict[str, torch.Tensor]:
+def collect_logits(checkpoint: str | Path, max_images: int = 50,
+                   max_negatives: int = MAX_NEGATIVES) -> Dict[str, torch.Tensor]:
     """Class logits of the model in ``checkpoint`` on the first validation images, split into positive
-    and negative samples: {"positives": (P,), "negatives": (Q,)}."""
+    and negative samples: {"positives": (P,), "negatives": (Q,)}. Negatives beyond ``max_negatives``
+    (the paper profile: 50 images x 116k anchors x 80 classes = 4.7e8) are a uniform random sample of
+    that size (fixed seed), so the curves fit a driver's memory; positives are all kept."""
     state = load_checkpoint(checkpoint)
     cfg = from_container(state["config"])
     device = torch.device("cpu")
-    _, val_set = build_datasets(cfg)
+    val_set = build_val_dataset(cfg)  # the training split is never opened
     model = model_from_config(cfg, state["num_classes"], load_backbone_weights=False)  # the checkpoint holds them
     model.load_state_dict(state["model"])
     model.eval()
     cfg.data.max_val_images = max_images
     loader, _ = val_loader(val_set, cfg, device)
     positives, negatives = [], []
+    images = min(len(val_set), max_images)
+    keep_share = None  # the share of negatives kept, set from the first batch
+    g = torch.Generator().manual_seed(0)
     for batch in loader:
         out = forward(model, batch, cfg, device)
         labels, _, gt_labels = assign(out, batch, cfg, device)
@@ -56,7 +65,13 @@ def collect_logits(checkpoint: str | Path, max_images: int = 50) -> Dict[str, to
         targets = classification_targets(labels, gt_labels, logits.shape[2]).bool()
         used = (labels != IGNORE).unsqueeze(2).expand_as(logits)
         positives.append(logits[targets & used])
-        negatives.append(logits[~targets & used])
+        neg = logits[~targets & used]
+        if keep_share is None:
+            expected = neg.numel() / logits.shape[0] * images
+            keep_share = min(1.0, max_negatives / max(expected, 1.0))
+        if keep_share < 1.0:
+            neg = neg[torch.rand(neg.numel(), generator=g) < keep_share]
+        negatives.append(neg)
     return {"positives": torch.cat(positives), "negatives": torch.cat(negatives)}
 
 

@@ -13,11 +13,14 @@ from ..engine.step import forward
 
 @torch.no_grad()
 def predict(model, loader, category_ids: List[int], cfg: DictConfig,
-            device: torch.device) -> Tuple[List[Dict], float]:
+            device: torch.device, warmup=None) -> Tuple[List[Dict], float]:
     """COCO result dicts (original image pixels and category ids) for every image of ``loader``, and
-    the inference time in ms per image (forward pass + post-processing, data loading excluded)."""
+    the inference time in ms per image (forward pass + post-processing, data loading excluded).
+    ``warmup``: a loader run first, untimed and not returned (kernel selection, allocator)."""
     was_training = model.training
     model.eval()
+    for batch in warmup or []:
+        forward(model, batch, cfg, device)
     results: List[Dict] = []
     busy, images = 0.0, 0
     for batch in loader:
