@@ -44,8 +44,15 @@ def bccd() -> Path:
 # ----------------------------------------------------------------------------------------------
 # orchestrator: one Ray for the whole test session, and tiny settings for end-to-end sweeps
 
+# The cpu profile's backbone comes from a synthetic pre-training (retina/pretrain.py): in tests a tiny
+# one (seconds, cached once per session), so the pre-trained path runs for real but cheaply.
+TINY_PRETRAIN = ["pretrain.image_size=24", "pretrain.num_images=120", "pretrain.iterations=2", "pretrain.batch_size=8",
+                 "pretrain.warmup_iters=1"]
+# A backbone trained from scratch, where a test needs the detector to learn fast on its own.
+SCRATCH_BACKBONE = ["model.backbone_weights=", "model.backbone_norm=bn", "model.freeze_at=0"]
+
 # A sweep small enough for CI: 64 px synthetic images, a 1-conv FPN-32 head, a few iterations.
-TINY_SETTINGS = [
+TINY_SETTINGS = TINY_PRETRAIN + [
     "train.iterations=6", "train.log_every=2", "train.checkpoint_every=3", "train.batch_size=4",
     "data.synthetic.num_train=16", "data.synthetic.num_val=8", "data.synthetic.image_size=64",
     "data.synthetic.max_object_size=48", "data.min_size=64", "data.max_size=64", "anchors.base_size=4",

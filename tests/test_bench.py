@@ -1,11 +1,13 @@
 """The benchmark script runs end to end on tiny settings and reports what it promises."""
 import json
+from pathlib import Path
 
 import pytest
 
 from benchmarks import bench
+from tests.conftest import TINY_PRETRAIN
 
-TINY = ["data.synthetic.num_train=16", "data.synthetic.num_val=8", "data.synthetic.image_size=64",
+TINY = TINY_PRETRAIN + ["data.synthetic.num_train=16", "data.synthetic.num_val=8", "data.synthetic.image_size=64",
         "data.synthetic.max_object_size=48", "data.min_size=64", "data.max_size=64", "anchors.base_size=8",
         "train.batch_size=2", "eval.batch_size=4", "model.head_convs=1"]
 
@@ -61,3 +63,22 @@ def test_bench_reports_a_failing_compiled_variant_and_goes_on(tmp_path, capsys, 
 def test_bench_refuses_a_fpn_width_torchvision_cannot_have(capsys):
     assert bench.main(["model.fpn_channels=128"]) == 2
     assert "fpn_channels" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_scale_benchmark_runs_and_reports_every_figure(tmp_path):
+    """benchmarks/scale.py --quick (small sizes): every figure is there, OHEM equals the full NMS, and
+    a trial's dataset opens no image file."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "benchmarks/scale.py", "--quick"], capture_output=True, text=True,
+                         timeout=900, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("ohem_ms_per_image", "ohem_equal_to_full", "coco_build_s", "coco_files_opened", "worker_rss_mb",
+                "padding_share", "padding_share_ungrouped", "step_device_reads"):
+        assert key in figures, key
+    assert figures["ohem_equal_to_full"] is True and figures["coco_files_opened"] == 0
+    assert figures["step_device_reads"] == 0 and figures["padding_share"] < figures["padding_share_ungrouped"]

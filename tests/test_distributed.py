@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from retina.config import load_config
+from tests.conftest import SCRATCH_BACKBONE
 from retina.engine.distributed import ShardedBatchSampler, shard_bounds
 from retina.data.samplers import StreamBatchSampler
 
@@ -73,7 +74,7 @@ def overrides(data: dict) -> list:
         "model.fpn_channels=32", "model.head_convs=1", "eval.batch_size=4",
         f"train.batch_size={BATCH}", f"train.iterations={ITERATIONS}", "train.log_every=1", "train.warmup_iters=1",
         "train.lr=0.01", "train.grad_clip_norm=null", "train.checkpoint_every=0", "train.num_threads=1",
-        "loss.normalizer_momentum=0.9",
+        "loss.normalizer_momentum=0.9", *SCRATCH_BACKBONE,
     ]
 
 

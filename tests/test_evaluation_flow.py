@@ -60,7 +60,7 @@ def test_runs_carry_mlflows_source_tags_and_the_code_version(swept):
     assert tags["mlflow.source.name"].startswith("python -m orchestrator run") and tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.user"] and tags["code_dirty"] in ("true", "false")
     assert tags["code_version"].endswith("-dirty") == (tags["code_dirty"] == "true")
-    assert tags["backbone_init"].startswith("random (from scratch)")
+    assert tags["backbone_init"].startswith("synthetic pre-training resnet18-")  # the cpu profile's backbone
 
 
 @pytest.mark.slow

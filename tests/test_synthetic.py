@@ -199,6 +199,7 @@ cfg = load_config("cpu", overrides=[
     "data.synthetic.num_train=300", "data.synthetic.num_val=4", "data.synthetic.image_size=32",
     "data.synthetic.max_object_size=24", "data.min_size=32", "data.max_size=32", "anchors.base_size=4",
     "model.fpn_channels=32", "model.head_convs=1", "train.iterations=1", "train.batch_size=2",
+    "model.backbone_weights=", "model.backbone_norm=bn", "model.freeze_at=0",
     "data.synthetic.cache_dir={tmp_path / 'cache'}"])
 print("AP", fit(cfg)["AP"])
 """)

@@ -62,7 +62,7 @@ def assign(out: Dict[str, object], batch: dict, cfg: DictConfig,
     """Anchor assignment of a batch: labels (N, R) (see match_anchors), gt_boxes (N, G, 4), gt_labels (N, G)."""
     gt_boxes, gt_labels, gt_crowd, gt_valid = pad_targets(batch["boxes"], batch["labels"], batch["iscrowd"], device)
     m = cfg.matcher
-    any_crowd = any(bool(c.any()) for c in batch["iscrowd"])  # host tensors: no device wait
+    any_crowd = any(c.numpy().any() for c in batch["iscrowd"])  # the loader's host tensors: no device read
     labels = match_anchors(out["anchors"], gt_boxes, gt_valid, gt_crowd if any_crowd else None, m.fg_iou, m.bg_iou,
                            m.allow_low_quality_matches)
     return labels, gt_boxes, gt_labels

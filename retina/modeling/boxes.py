@@ -65,13 +65,14 @@ def pad_targets(boxes: List[torch.Tensor], labels: List[torch.Tensor], iscrowd: 
     Assembled on the host with one scatter per tensor, then moved to ``device`` in one copy each
     (not one per image)."""
     n = len(boxes)
-    lengths = torch.tensor([len(b) for b in boxes], dtype=torch.long)
-    g = max(int(lengths.max()) if n else 0, 1)
+    counts = [len(b) for b in boxes]  # host numbers: nothing is read from a device here
+    lengths = torch.tensor(counts, dtype=torch.long)
+    g = max(max(counts, default=0), 1)
     valid = torch.arange(g)[None, :] < lengths[:, None]  # (N, G), image-major like the concatenation
     out_boxes = torch.zeros(n, g, 4)
     out_labels = torch.zeros(n, g, dtype=torch.long)
     out_crowd = torch.zeros(n, g, dtype=torch.bool)
-    if int(lengths.sum()):
+    if sum(counts):
         out_boxes[valid] = torch.cat([b.detach().cpu().float().reshape(-1, 4) for b in boxes])
         out_labels[valid] = torch.cat([l.cpu().long().reshape(-1) for l in labels])
         out_crowd[valid] = torch.cat([c.cpu().bool().reshape(-1) for c in iscrowd])
