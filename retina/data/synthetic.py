@@ -11,8 +11,9 @@ It is built so that the focal-loss paper's phenomena can show at small scale:
 * a few objects per image on a textured, noisy background, so almost every anchor is background;
 * easy distractors (specks, stripes, smooth blobs): many easy negatives, which dominate the loss
   of plain cross entropy;
-* hard distractors (outlines of shapes, half-discs, stars, and the shapes of classes not in use):
-  object-like but not annotated, the hard negatives that a detector has to learn to reject.
+* hard distractors (outlines of shapes, half-discs, stars, the shapes of classes not in use, and
+  beyond six classes the classes' shapes in colour families no class uses): object-like but not
+  annotated, the hard negatives that a detector has to learn to reject.
 
 Everything is drawn with PIL's ImageDraw and numpy, from ``np.random.default_rng`` generators
 seeded per split and per image (image ``i`` of a split does not depend on how many images the
@@ -44,7 +45,7 @@ from PIL import Image, ImageDraw
 logger = logging.getLogger("retina.data")
 
 # Bump when the generator's output changes, so that caches made by an older version are not used.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: beyond six classes, class shapes in unused colour families as hard distractors
 
 from ..paths import cache_dir as user_cache_dir
 
@@ -302,10 +303,17 @@ def _render(rng: np.random.Generator, s: _Settings) -> Tuple[np.ndarray, List[Tu
         # An object that found no place is left out (rare: only with many large objects).
 
     hard_pool = HARD_SHAPES + SHAPES[s.num_classes:]  # beyond six classes every shape is some class's
-    hard: List[Tuple[Box, str]] = []
+    # beyond six classes, also the classes' shapes in colour families no class uses: the same shape, the
+    # wrong colour (half of the hard distractors, where there are such families)
+    unused = [(k % len(SHAPES), k // len(SHAPES)) for k in range(s.num_classes, MAX_CLASSES)] \
+        if s.num_classes > len(SHAPES) else []
+    hard: List[Tuple[Box, object]] = []
     for _ in range(s.hard_distractors):
         w, h = _sample_extent(rng, s)
-        kind = hard_pool[int(rng.integers(0, len(hard_pool)))]
+        if unused and rng.random() < 0.5:
+            kind = unused[int(rng.integers(0, len(unused)))]  # (shape index, colour family)
+        else:
+            kind = hard_pool[int(rng.integers(0, len(hard_pool)))]
         for _ in range(_PLACEMENT_TRIES):
             box = _place(rng, w, h, s.image_size)
             others = [b for b, _ in objects] + [b for b, _ in hard]
@@ -323,7 +331,10 @@ def _render(rng: np.random.Generator, s: _Settings) -> Tuple[np.ndarray, List[Tu
         if kind != "blob":
             _draw_clutter(rng, draw, kind, s.image_size, mean)
     for box, kind in hard:
-        _draw_shape(draw, kind, box, _random_colour(rng, mean))
+        if isinstance(kind, tuple):
+            _draw_shape(draw, SHAPES[kind[0]], box, _family_colour(rng, kind[1], mean))
+        else:
+            _draw_shape(draw, kind, box, _random_colour(rng, mean))
     for box, label in objects:
         colour = (_random_colour(rng, mean) if s.num_classes <= len(SHAPES)
                   else _family_colour(rng, label // len(SHAPES), mean))
