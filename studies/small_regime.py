@@ -75,6 +75,7 @@ PRE = ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn",
 # The committed pre-training: model.backbone_weights=synthetic with the profile's pretrain settings.
 SYN = ("model.backbone_weights=synthetic", "model.backbone_norm=frozen_bn", "model.freeze_at=2")
 PRE200 = ("pretrain.iterations=200", "pretrain.batch_size=96", "pretrain.num_images=8000")
+PRE120 = ("pretrain.iterations=120", "pretrain.batch_size=96", "pretrain.num_images=8000")
 
 # Every setting tried, in the order they were tried. Overrides are over the profile (cpu: ResNet-18-FPN-64
 # from scratch, 96 px, 2-5 objects of 12-96 px, 3 classes, 240 x 8 images, lr .02, clip 5).
@@ -119,6 +120,13 @@ SETTINGS: Dict[str, Setting] = {
     "syn200_c24_f4_480": Setting("syn200_c24_f4 trained twice as long (480 iterations)",
                                  (*SYN, *PRE200, "data.synthetic.num_classes=24", "model.freeze_at=4",
                                   "train.iterations=480")),
+    # generator version 3 (class shapes in unused colour families as hard distractors), the cheaper
+    # pre-training (120 x 96 images) and 200 iterations: what fits the 15-minute budget
+    "v3_c24_f4": Setting("generator v3, 24 classes, pre-training 120 x 96, freeze_at 4, 200 iterations",
+                         (*SYN, *PRE120, "data.synthetic.num_classes=24", "model.freeze_at=4", "train.iterations=200")),
+    "v3_c24_f4_hard6": Setting("v3_c24_f4 with 6 hard distractors per image (default 2)",
+                               (*SYN, *PRE120, "data.synthetic.num_classes=24", "model.freeze_at=4",
+                                "train.iterations=200", "data.synthetic.hard_distractors=6")),
     "xpre_c48_sparse": Setting("xpre + 48 classes + 1-2 objects of 12-48 px",
                                ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn",
                                 "model.freeze_at=2", "data.synthetic.num_classes=48", "data.synthetic.min_objects=1",
