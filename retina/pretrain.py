@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import replace
@@ -158,10 +159,15 @@ def ensure_pretrained(depth: int, cfg_pretrain, log=print) -> Path:
         previous = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
+        # the caller's random state is left as it was: a trial that pre-trains must train exactly as
+        # one that finds the file cached
+        py_state = random.getstate()
         try:
-            result = pretrain(depth, cfg_pretrain, log=log)
+            with torch.random.fork_rng(devices=[]):
+                result = pretrain(depth, cfg_pretrain, log=log)
         finally:
             torch.set_num_threads(previous)
+            random.setstate(py_state)
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
         torch.save(result["state_dict"], tmp)
         os.replace(tmp, path)

@@ -40,7 +40,8 @@ def test_the_weight_names_table_is_torchvisions():
 
 def test_a_torchvision_resnet_state_dict_loads_into_the_backbone_to_the_bit(tmp_path):
     net, path = saved_resnet(tmp_path)
-    cfg = load_config("cpu", overrides=[f"model.backbone_weights={path}", "model.fast_cpu_convs=false"])
+    cfg = load_config("cpu", overrides=[f"model.backbone_weights={path}", "model.backbone_norm=bn", "model.freeze_at=0",
+                                        "model.fast_cpu_convs=false"])
     model = from_config(cfg, num_classes=3)
     ours = model.backbone.state_dict()
     theirs = net.state_dict()
@@ -150,8 +151,10 @@ def test_a_cached_weights_name_is_read_from_the_hub_cache(tmp_path, monkeypatch)
     (["model.backbone_norm=batch"], "one of 'bn', 'frozen_bn', 'sync_bn', 'group'"),
 ])
 def test_backbone_settings_that_cannot_work_are_refused_in_one_line(overrides, expected):
+    # from the cpu profile made from scratch (its own backbone is pre-trained, frozen BN, freeze_at 2)
+    scratch = ["model.backbone_weights=", "model.backbone_norm=bn", "model.freeze_at=0"]
     with pytest.raises(ConfigError) as e:
-        load_config("cpu", overrides=overrides)
+        load_config("cpu", overrides=scratch + overrides)
     assert expected in str(e.value) and "\n" not in str(e.value)
 
 

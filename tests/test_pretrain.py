@@ -39,3 +39,18 @@ def test_a_synthetic_backbone_is_loaded_into_the_detector(tmp_path, monkeypatch)
     assert model.backbone_source.kind == "synthetic"
     assert torch.equal(model.backbone.layer3[0].conv1.weight, weights["layer3.0.conv1.weight"])
     assert torch.equal(model.backbone.stem[1].running_var, weights["bn1.running_var"])  # frozen BN holds its statistics
+
+
+def test_pretraining_leaves_the_callers_random_state_as_it_was(tmp_path, monkeypatch):
+    """A trial that pre-trains must train exactly as one that finds the file cached."""
+    import random
+
+    monkeypatch.setenv("RETINA_CACHE_DIR", str(tmp_path))
+    cfg = load_config("cpu", overrides=TINY)
+    torch.manual_seed(5), random.seed(5)
+    ensure_pretrained(18, cfg.pretrain, log=lambda *a: None)
+    after_training = (torch.rand(3), random.random(), torch.get_num_threads())
+    torch.manual_seed(5), random.seed(5)
+    ensure_pretrained(18, cfg.pretrain, log=lambda *a: None)  # cached now
+    after_cached = (torch.rand(3), random.random(), torch.get_num_threads())
+    assert torch.equal(after_training[0], after_cached[0]) and after_training[1:] == after_cached[1:]

@@ -243,8 +243,9 @@ def test_evaluation_settings_stay_out_of_the_trial_key():
 
 
 def test_pretrain_settings_count_only_for_a_synthetic_backbone():
-    base = load_config("cpu")
-    assert trial_key(load_config("cpu", overrides=["pretrain.iterations=7"])) == trial_key(base)
+    scratch = ["model.backbone_weights=", "model.backbone_norm=bn", "model.freeze_at=0"]
+    base = load_config("cpu", overrides=scratch)
+    assert trial_key(load_config("cpu", overrides=scratch + ["pretrain.iterations=7"])) == trial_key(base)
     synthetic = ["model.backbone_weights=synthetic", "model.backbone_norm=frozen_bn", "model.freeze_at=2"]
     a = load_config("cpu", overrides=synthetic)
     b = load_config("cpu", overrides=synthetic + ["pretrain.iterations=7"])
