@@ -80,3 +80,16 @@ def orchestrator_dirs(tmp_path_factory):
             "storage": root / "ray", "cache": root / "synthetic"}
     dirs["settings"] = TINY_SETTINGS + [f"data.synthetic.cache_dir={dirs['cache']}"]
     return dirs
+
+
+def single_seed(path: Path) -> Path:
+    """A copy of a shipped sweep file without its per-row and file seeds: for tests whose numbers are
+    one per row (what a row's several seeds do is tested on its own)."""
+    import re
+    import tempfile
+
+    text = re.sub(r",\s*seeds:\s*\[[^\]]*\]", "", path.read_text())
+    text = re.sub(r"(?m)^\s*seeds:\s*\[[^\]]*\].*\n", "", text)
+    out = Path(tempfile.mkdtemp(prefix="single-seed-")) / path.name
+    out.write_text(text)
+    return out

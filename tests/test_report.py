@@ -16,8 +16,10 @@ from orchestrator.report import build_report
 from orchestrator.sweep import load_sweep
 from retina.config import flatten
 
+from .conftest import single_seed
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ALPHA_GAMMA = PROJECT_ROOT / "sweeps" / "alpha_gamma.yaml"
+ALPHA_GAMMA = single_seed(PROJECT_ROOT / "sweeps" / "alpha_gamma.yaml")  # one trial per row
 
 # our AP per 1a / 1b row label: the paper's ordering, at a tenth of its scale
 AP = {"CE alpha=0.1": 0.0, "CE alpha=0.25": 1.1, "CE alpha=0.5": 2.9, "CE alpha=0.75": 3.1, "CE alpha=0.9": 3.05,

@@ -23,6 +23,8 @@ from orchestrator.report import OUR_METRIC, PAPER, build_report, paper_key, pape
 from orchestrator.sweep import load_sweep
 from retina.config import flatten
 
+from .conftest import single_seed
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = PROJECT_ROOT / "sweeps"
 SWEEP_OF = {"1c": "anchors", "1d": "ohem_vs_fl", "1e": "speed_accuracy", "5.1": "prior_init"}
@@ -45,12 +47,18 @@ def empty_db(tmp_path_factory) -> Path:
 @lru_cache(maxsize=None)
 def sweep_of(sweep_name: str):
     """The sweep file, loaded once (loading resolves every trial's config: slow)."""
-    return load_sweep(SWEEPS / f"{sweep_name}.yaml")
+    return load_sweep(sweep_file(sweep_name))
+
+
+@lru_cache(maxsize=None)
+def sweep_file(sweep_name: str) -> Path:
+    """The shipped sweep file, one trial per row (its per-row seeds removed)."""
+    return single_seed(SWEEPS / f"{sweep_name}.yaml")
 
 
 def fill_store(uri: str, sweep_name: str, metrics: Metrics, status: Optional[Dict[str, str]] = None) -> dict:
     """The sweep ``sweeps/<sweep_name>.yaml`` as the orchestrator records it, written with MlflowClient."""
-    path = SWEEPS / f"{sweep_name}.yaml"
+    path = sweep_file(sweep_name)
     sweep = sweep_of(sweep_name)
     client = MlflowClient(uri)
     exp = client.create_experiment(sweep.name)

@@ -25,9 +25,12 @@ def write(tmp_path: Path, text: str, name: str = "sweep.yaml") -> Path:
 # the shipped sweeps
 
 
-def test_alpha_gamma_gives_13_trials_for_14_rows_with_the_papers_pairs():
+def test_alpha_gamma_gives_15_trials_for_14_rows_with_the_papers_pairs():
     sweep = load_sweep(SWEEPS / "alpha_gamma.yaml")
-    assert len(sweep.trials) == 13 and sweep.num_rows == 14
+    # 14 rows, CE alpha .75 shared by 1a and 1b, FL gamma 2 alpha .25 with three seeds: 15 trials
+    assert len(sweep.trials) == 15 and len({(m.table, m.label) for t in sweep.trials for m in t.memberships}) == 14
+    seeds = sorted(t.seed for t in sweep.trials if t.config.loss.gamma == 2.0)
+    assert seeds == [0, 1, 2]
     rows = {(m.table, round(t.config.loss.gamma, 3), round(t.config.loss.alpha, 3))
             for t in sweep.trials for m in t.memberships}
     table_1a = {(0.0, a) for a in (0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 0.999)}
@@ -73,7 +76,7 @@ def test_ohem_rows_cover_batch_sizes_nms_and_the_1_to_3_variant():
             for t in sweep.trials if t.config.loss.kind == "ohem"}
     assert ohem == {(b, n, None) for b in (128, 256, 512) for n in (0.7, 0.5)} | {(b, 0.5, 0.25) for b in (128, 256, 512)}
     focal = [t for t in sweep.trials if t.config.loss.kind == "focal"]
-    assert [(t.config.loss.gamma, t.config.loss.alpha) for t in focal] == [(2.0, 0.25)]
+    assert [(t.config.loss.gamma, t.config.loss.alpha, t.seed) for t in focal] == [(2.0, 0.25, s) for s in (0, 1, 2)]
     assert {t.config.model.depth for t in load_sweep(SWEEPS / "ohem_vs_fl.yaml", profile="paper").trials} == {101}
 
 
@@ -84,14 +87,16 @@ def test_speed_accuracy_keeps_paper_labels_and_scales_images_per_profile():
     assert {t.config.data.min_size for t in paper.trials} == {400, 500, 600, 700, 800}
     assert {t.config.data.min_size for t in cpu.trials} == {64, 80, 96, 112, 128}
     r50_400 = next(t for t in cpu.trials if t.label == "R50 400px")
-    assert r50_400.scaled == {"data.min_size": (400, 64)}
+    assert r50_400.scaled == {"data.min_size": (400, 64), "model.depth": (50, 18)}
+    assert {t.config.model.depth for t in cpu.trials} == {18, 34} and {t.config.model.depth for t in paper.trials} == {50, 101}
 
 
 def test_prior_init_rows_differ_only_in_the_prior_and_never_clip():
     sweep = load_sweep(SWEEPS / "prior_init.yaml")
-    assert sorted(t.config.model.prior_init for t in sweep.trials) == [False, True]
+    assert sorted((t.config.model.prior_init, t.seed) for t in sweep.trials) == [(p, s) for p in (False, True) for s in (0, 1, 2)]
     assert all(t.config.train.grad_clip_norm is None and t.config.loss.gamma == 0.0 for t in sweep.trials)
-    assert sweep.trials[0].diff.keys() ^ sweep.trials[1].diff.keys() <= {"model.prior_init"}
+    with_prior, without = (next(t for t in sweep.trials if t.config.model.prior_init is p and t.seed == 0) for p in (True, False))
+    assert with_prior.diff.keys() ^ without.diff.keys() <= {"model.prior_init"}
 
 
 # ----------------------------------------------------------------------------------------------

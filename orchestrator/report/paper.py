@@ -88,8 +88,8 @@ def paper_key(table: str, cfg: Dict[str, Any], tags: Optional[Dict[str, str]] = 
         method = "OHEM 1:3" if g("loss.ohem_pos_ratio") not in (None, "") else "OHEM"
         return (method, _norm(g("loss.ohem_batch_size")), _norm(g("loss.ohem_nms")))
     if table == "1e":
-        scale = _scaled(tags or {}).get("data.min_size", g("data.min_size"))
-        return (_norm(g("model.depth")), _norm(scale))
+        scaled = _scaled(tags or {})  # a profile's stand-ins (128 px for 800, ResNet-34 for 101) read as the paper's
+        return (_norm(scaled.get("model.depth", g("model.depth"))), _norm(scaled.get("data.min_size", g("data.min_size"))))
     if table == "5.1":
         return (_norm(bool(g("model.prior_init"))),)
     return None
