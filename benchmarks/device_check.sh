@@ -22,10 +22,9 @@
 #          the budget, skipped under 90 s)                                    -> $OUT/bench_compiled.json
 #
 # The script goes on to the next part whatever the last one did; everything it prints is also in
-# $OUT/device_check.log (at most 7 files come back). With the device tool: carry [".devbundle"]
-# (built here by ../shared/tools/device-bundle), timeout_s 600, and the command
-#   mkdir -p /tmp/site && tar -xJf .devbundle/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD &&
-#   bash benchmarks/device_check.sh
+# $OUT/device_check.log. On a GPU machine with the project's dependencies importable (torch with
+# CUDA, ray, mlflow, pycocotools, omegaconf, pandas), from the project root:
+#   PYTHONPATH=$PWD bash benchmarks/device_check.sh
 # Environment: OUT (default ./gpu_out), PYTHON (default python3), DEVICE_BUDGET_S, the limits above,
 # BENCH_ARGS (more arguments for both bench parts), AMP_ITERATIONS, AMP_ARGS (more key=value settings
 # for every amp run), SWEEP_ARGS (see gpu_sweep.sh).

@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# gpu_sweep.sh: the alpha/gamma sweep (13 trials) on the gpu profile, several trials sharing one GPU
+# gpu_sweep.sh: the alpha/gamma sweep (15 trials) on the gpu profile, several trials sharing one GPU
 # (--gpus-per-trial 0.25), timed; then its status and the per-trial and total times as JSON.
-# Installs nothing and reaches no network. Run from the project root with the packages importable,
-# e.g. on the device machine as ../shared/tools/device-bundle prints:
-#   mkdir -p /tmp/site && tar -xJf .devbundle/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD &&
-#   bash benchmarks/gpu_sweep.sh
+# Installs nothing and reaches no network. Run from the project root with the packages importable:
+#   PYTHONPATH=$PWD bash benchmarks/gpu_sweep.sh
 # Environment:
 #   OUT            folder for mlflow.db, Ray's storage, sweep.log and sweep.json (default ./gpu_out)
 #   SWEEP_LIMIT_S  stop the sweep after this many seconds (SIGINT: running trials end as interrupted,

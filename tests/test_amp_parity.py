@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from retina.config import load_config
+
 from tests.conftest import PROJECT_ROOT
 
 from .conftest import TINY_SETTINGS
@@ -57,9 +59,11 @@ def test_with_amp_cpu_the_bf16_arm_trains_in_bf16_on_the_cpu(tmp_path):
     assert out["paired_differences"]["0"] == out["runs"]["bf16"]["0"]["AP"] - out["runs"]["fp32"]["0"]["AP"]
     bf16, fp32 = final_weights(tmp_path, "bf16-s0"), final_weights(tmp_path, "fp32-s0")
     differing = [name for name in fp32 if not torch.equal(bf16[name], fp32[name])]
-    # the heads and the first trainable stage (res3: the cpu profile freezes the stem and res2) differ;
-    # the frozen stages are the pre-trained weights in both
-    assert "cls_subnet.predictor.weight" in differing and "backbone.layer2.0.conv1.weight" in differing
+    # the heads and the first trainable stage (layer<freeze_at>) differ; the frozen stages (the stem and
+    # layer1..layer<freeze_at - 1>) are the pre-trained weights in both
+    freeze_at = load_config("cpu").model.freeze_at
+    assert freeze_at >= 2
+    assert "cls_subnet.predictor.weight" in differing and f"backbone.layer{freeze_at}.0.conv1.weight" in differing
     assert "backbone.stem.0.weight" not in differing and "backbone.layer1.0.conv1.weight" not in differing
 
 

@@ -22,6 +22,8 @@ from orchestrator.__main__ import main
 from orchestrator.sweep import load_sweep
 from retina.config import flatten
 
+from .conftest import single_seed
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 TINY_SWEEP = """\
@@ -273,7 +275,7 @@ def test_summary_counts_outcomes_and_utilization_is_busy_over_wall_times_slots()
 
     from orchestrator.progress import ProgressView
 
-    sweep_trials = load_sweep(PROJECT_ROOT / "sweeps" / "prior_init.yaml").trials
+    sweep_trials = load_sweep(single_seed(PROJECT_ROOT / "sweeps" / "prior_init.yaml")).trials
     a, b = sweep_trials
     for live in (False, True):
         view = ProgressView(sweep_trials, skipped=3, slots=2, stream=io.StringIO(), live=live)
