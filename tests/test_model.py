@@ -49,6 +49,36 @@ def test_p6_comes_from_c5_and_p7_from_relu_p6():
     torch.testing.assert_close(model.fpn([c3, c4, c5])[4], expected_p7)
 
 
+@pytest.mark.parametrize("c5_size", [(2, 2), (1, 3), (3, 1)])
+def test_the_pyramid_tops_gradients_under_cpu_bf16_autocast_on_one_wide_maps_match_float64(c5_size):
+    """P6 and P7 on maps one position wide, in bf16 under CPU autocast: their weight gradients match a
+    float64 computation (oneDNN's bf16 kernel leaves memory garbage in the padding taps there;
+    retina/modeling/autocast_conv.py). Freed NaN-filled buffers beforehand make that garbage show.
+    Each level's gradient comes from its own output only (P6's through P7 would add ReLU flips)."""
+    from retina.modeling.fpn import FPN
+    torch.manual_seed(0)
+    fpn = FPN((8, 16, 32), 32)
+    reference = FPN((8, 16, 32), 32).double()
+    reference.load_state_dict(fpn.state_dict())
+    h, w = c5_size
+    for _ in range(10):
+        c = [torch.randn(2, 8, 4 * h, 4 * w), torch.randn(2, 16, 2 * h, 2 * w), torch.randn(2, 32, h, w)]
+        c = [x.bfloat16().double() for x in c]  # values bf16 holds exactly
+        for level, conv in ((3, "p6"), (4, "p7")):
+            garbage = [torch.full((n,), float("nan")) for n in (1000, 5000, 9216, 20000, 100000)]
+            del garbage
+            fpn.zero_grad(set_to_none=True)
+            reference.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = fpn([x.float() for x in c])[level]
+            upstream = torch.randn(out.shape, dtype=torch.float64)
+            (out.float() * upstream.float()).sum().backward()
+            (reference(c)[level] * upstream).sum().backward()
+            got, want = getattr(fpn, conv).weight.grad.double(), getattr(reference, conv).weight.grad
+            error = (got - want).abs().nan_to_num(float("inf")).max() / want.abs().max()
+            assert error < 0.03, (conv, float(error))
+
+
 def test_output_shapes_follow_anchors():
     model = RetinaNet(7, depth=18, fpn_channels=32, head_convs=1,
                       anchor_generator=AnchorGenerator(8, 2, [1.0, 2.0])).eval()

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .autocast_conv import conv2d
+
 
 class FPN(nn.Module):
     """C3..C5 -> P3..P7 (strides 8 .. 128), all with ``channels`` channels."""
@@ -35,6 +37,7 @@ class FPN(nn.Module):
         p4 = self.output[1](top)
         top = self.lateral[0](c3) + F.interpolate(top, size=c3.shape[-2:], mode="nearest")
         p3 = self.output[0](top)
-        p6 = self.p6(c5)
-        p7 = self.p7(F.relu(p6))
+        # the pyramid's top is one position wide for small images: see autocast_conv
+        p6 = conv2d(self.p6, c5)
+        p7 = conv2d(self.p7, F.relu(p6))
         return [p3, p4, p5, p6, p7]
