@@ -147,8 +147,13 @@ def _lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_pretrained(depth: int, cfg_pretrain, log=print) -> Path:
-    """The weights file of these settings, trained now if it is not cached (atomically written)."""
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure_pretrained(depth: int, cfg_pretrain, log=_to_stderr) -> Path:
+    """The weights file of these settings, trained now if it is not cached (atomically written).
+    Progress goes to ``log`` (stderr by default: the benchmarks' stdout is their JSON)."""
     path = weights_path(depth, cfg_pretrain)
     if path.is_file():
         return path
@@ -193,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    path = ensure_pretrained(int(cfg.model.depth), cfg.pretrain, log=lambda m: print(m, file=sys.stderr, flush=True))
+    path = ensure_pretrained(int(cfg.model.depth), cfg.pretrain)
     print(json.dumps({"weights": str(path), **(info(path) or {}), "seconds": round(time.perf_counter() - start, 1)}))
     return 0
 
