@@ -18,6 +18,8 @@ from retina.modeling.backbone_weights import TORCHVISION_WEIGHT_NAMES, WeightsEr
 from retina.config import ConfigError, load_config
 from retina.modeling.retinanet import from_config
 
+from .conftest import SCRATCH_BACKBONE
+
 
 def saved_resnet(tmp_path, depth: int = 18, seed: int = 0):
     torch.manual_seed(seed)
@@ -151,8 +153,8 @@ def test_a_cached_weights_name_is_read_from_the_hub_cache(tmp_path, monkeypatch)
     (["model.backbone_norm=batch"], "one of 'bn', 'frozen_bn', 'sync_bn', 'group'"),
 ])
 def test_backbone_settings_that_cannot_work_are_refused_in_one_line(overrides, expected):
-    # from the cpu profile made from scratch (its own backbone is pre-trained, frozen BN, freeze_at 2)
-    scratch = ["model.backbone_weights=", "model.backbone_norm=bn", "model.freeze_at=0"]
+    # from the cpu profile made from scratch (its own backbone is pre-trained, with frozen BN and stages)
+    scratch = SCRATCH_BACKBONE
     with pytest.raises(ConfigError) as e:
         load_config("cpu", overrides=scratch + overrides)
     assert expected in str(e.value) and "\n" not in str(e.value)

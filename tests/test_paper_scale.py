@@ -9,6 +9,8 @@ from retina.config import load_config
 from retina.data.loaders import prefetch_factor
 from retina.engine.step import apply_gradients, grad_scaler, precision
 
+from .conftest import SCRATCH_BACKBONE
+
 
 def test_prefetch_is_sized_by_the_bytes_of_a_batch():
     paper = load_config("paper")  # 8 workers x 16 images of up to 1000 x 1000 x 3 bytes: 48 MB a batch
@@ -48,7 +50,7 @@ def test_figure4_samples_negatives_down_to_its_cap(tmp_path):
         "data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.image_size=64",
         "data.synthetic.max_object_size=48", "data.min_size=64", "data.max_size=64", "anchors.base_size=8",
         "model.fpn_channels=32", "model.head_convs=1", "train.iterations=1", "train.batch_size=2",
-        "model.backbone_weights=", "model.backbone_norm=bn", "model.freeze_at=0", "eval.batch_size=2",
+        *SCRATCH_BACKBONE, "eval.batch_size=2",
         f"data.synthetic.cache_dir={tmp_path}"])
     fit(cfg, checkpoint_dir=str(tmp_path / "run"))
     everything = collect_logits(tmp_path / "run" / "checkpoint.pt", max_images=4)
@@ -63,8 +65,7 @@ def test_batch1_timing_is_reported_where_asked(tmp_path):
     tiny = ["data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.image_size=64",
             "data.synthetic.max_object_size=48", "data.min_size=64", "data.max_size=64", "anchors.base_size=8",
             "model.fpn_channels=64", "model.head_convs=1", "train.iterations=1", "train.batch_size=2",
-            "model.backbone_weights=", "model.backbone_norm=bn", "model.freeze_at=0",
-            f"data.synthetic.cache_dir={tmp_path}"]
+            *SCRATCH_BACKBONE, f"data.synthetic.cache_dir={tmp_path}"]
     timed = fit(load_config("cpu", overrides=tiny + ["eval.timing_images=3"]))
     assert timed["inference_ms_batch1"] > 0
     assert "inference_ms_batch1" not in fit(load_config("cpu", overrides=tiny))

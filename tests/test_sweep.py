@@ -10,6 +10,8 @@ from orchestrator.__main__ import main
 from orchestrator.sweep import TABLES, load_sweep, sweep_files, trial_key
 from retina.config import ConfigError, load_config
 
+from .conftest import SCRATCH_BACKBONE
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = PROJECT_ROOT / "sweeps"
 SHIPPED = [p.name for p in sweep_files(SWEEPS)]
@@ -248,7 +250,7 @@ def test_evaluation_settings_stay_out_of_the_trial_key():
 
 
 def test_pretrain_settings_count_only_for_a_synthetic_backbone():
-    scratch = ["model.backbone_weights=", "model.backbone_norm=bn", "model.freeze_at=0"]
+    scratch = SCRATCH_BACKBONE
     base = load_config("cpu", overrides=scratch)
     assert trial_key(load_config("cpu", overrides=scratch + ["pretrain.iterations=7"])) == trial_key(base)
     synthetic = ["model.backbone_weights=synthetic", "model.backbone_norm=frozen_bn", "model.freeze_at=2"]
