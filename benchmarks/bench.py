@@ -640,11 +640,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    threads = torch.get_num_threads()
     try:
         result = run(args)
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:  # run() sets train.num_threads; an in-process caller (the tests) keeps its own
+        torch.set_num_threads(threads)
     print(json.dumps(result, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v)))
     return 0
 

@@ -77,8 +77,9 @@ def test_the_scale_benchmark_runs_and_reports_every_figure(tmp_path):
                          timeout=900, cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr[-2000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
-    for key in ("ohem_ms_per_image", "ohem_equal_to_full", "coco_build_s", "coco_files_opened", "worker_rss_mb",
-                "padding_share", "padding_share_ungrouped", "step_device_reads"):
+    for key in ("ohem_ms_per_image", "ohem_1to3_ms_per_image", "ohem_graph_build_s", "ohem_equal_to_full",
+                "coco_build_s", "coco_files_opened", "worker_rss_mb", "padding_share", "padding_share_ungrouped",
+                "step_device_reads"):
         assert key in figures, key
     assert figures["ohem_equal_to_full"] is True and figures["coco_files_opened"] == 0
     assert figures["step_device_reads"] == 0 and figures["padding_share"] < figures["padding_share_ungrouped"]

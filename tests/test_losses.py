@@ -143,15 +143,21 @@ def ohem_full(losses, anchors, labels, batch_size, nms_thresh, pos_ratio):
 OHEM_CASES = ["random", "ties", "low-loss positives", "no positives", "all ignored but few", "dense overlap"]
 
 
+@pytest.mark.parametrize("graph_from", [4096, 0], ids=["prefix", "graph"])
 @pytest.mark.parametrize("case", OHEM_CASES)
 @pytest.mark.parametrize("batch_size,nms_thresh,pos_ratio", [(128, 0.7, None), (16, 0.5, None), (128, 0.5, 0.25),
                                                              (256, 0.5, 0.25), (8, 0.7, 0.25)])
-def test_fast_ohem_keeps_exactly_what_nms_over_all_anchors_keeps(case, batch_size, nms_thresh, pos_ratio):
+def test_fast_ohem_keeps_exactly_what_nms_over_all_anchors_keeps(case, batch_size, nms_thresh, pos_ratio, graph_from,
+                                                                 monkeypatch):
     """The prefix NMS, batched over 3 images, against the full NMS per image, on the anchors of a
     160x224 input (the paper's 9 anchors per location): random losses, many ties, positives with the
     lowest losses (the prefix must grow to the end), no positives, almost everything ignored, and a
-    loss that rises along the anchors (neighbours suppress each other all the way down)."""
+    loss that rises along the anchors (neighbours suppress each other all the way down). "graph":
+    every image that the first prefix does not decide finishes through the overlap graph."""
+    from retina.modeling import losses as losses_module
     from retina.modeling.anchors import AnchorGenerator, feature_shapes
+
+    monkeypatch.setattr(losses_module, "OHEM_GRAPH_FROM", graph_from)
 
     anchors = AnchorGenerator()(feature_shapes(160, 224), device=torch.device("cpu"))
     r = len(anchors)
@@ -174,3 +180,28 @@ def test_fast_ohem_keeps_exactly_what_nms_over_all_anchors_keeps(case, batch_siz
     fast = ohem_select(losses, anchors, labels, batch_size, nms_thresh, pos_ratio)
     for i in range(3):
         assert torch.equal(fast[i], ohem_full(losses[i], anchors, labels[i], batch_size, nms_thresh, pos_ratio)), i
+
+
+@pytest.mark.parametrize("boxes_of", ["anchors", "random boxes"])
+@pytest.mark.parametrize("thresh", [0.3, 0.5, 0.7, 0.9])
+def test_greedy_nms_over_the_overlap_graph_keeps_what_torchvision_nms_keeps(boxes_of, thresh):
+    """The overlap graph holds every pair torchvision's NMS would suppress (and no other): greedy NMS
+    over it, in a random order, keeps exactly torchvision's boxes, on the anchors of a 160x224 input
+    and on random boxes of many sizes and shapes (anchor-free: the bucketing and the centre bound)."""
+    from torchvision.ops import nms
+
+    from retina.modeling.anchors import AnchorGenerator, feature_shapes
+    from retina.modeling.nms_graph import greedy_nms, overlap_graph
+
+    g = torch.Generator().manual_seed(int(thresh * 10))
+    if boxes_of == "anchors":
+        boxes = AnchorGenerator()(feature_shapes(160, 224), device=torch.device("cpu"))
+    else:
+        xy = torch.rand(3000, 2, generator=g) * 300
+        wh = torch.exp(torch.rand(3000, 2, generator=g) * 4) * 2  # 2 .. 110 px, any aspect
+        boxes = torch.cat([xy, xy + wh], 1)
+    order = torch.randperm(len(boxes), generator=g)
+    expected = order[nms(boxes[order].float(), torch.arange(len(boxes), 0, -1, dtype=torch.float32), thresh)]
+    never_positive = torch.zeros(len(boxes), dtype=torch.bool).numpy()
+    kept = greedy_nms(order, overlap_graph(boxes, thresh), len(boxes), lambda position, positive: False, never_positive)
+    assert kept == expected.tolist()

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
 from .boxes import IGNORE, encode
+from .nms_graph import greedy_nms, overlap_graph
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
@@ -52,6 +53,9 @@ def box_loss(box_deltas: torch.Tensor, anchors: torch.Tensor, matched_boxes: tor
 # Anchors per image must stay below 2^OHEM_INDEX_BITS for the loss-order keys (a 600x1000 image: 116,712).
 OHEM_INDEX_BITS = 24
 OHEM_FIRST_PREFIX = 4  # the first NMS looks at this many times the batch size of highest-loss anchors
+# On the CPU, an image whose prefix would grow past this many anchors finishes through the anchors'
+# overlap graph (retina/modeling/nms_graph.py): one pass in loss order instead of NMS over ever longer prefixes.
+OHEM_GRAPH_FROM = 4096
 
 
 def loss_order_keys(anchor_losses: torch.Tensor) -> torch.Tensor:
@@ -77,7 +81,10 @@ def ohem_select(anchor_losses: torch.Tensor, anchors: torch.Tensor, labels: torc
     highest-loss prefix keeps, within that prefix, exactly what NMS over all boxes keeps. Each image
     starts with a prefix of OHEM_FIRST_PREFIX x batch_size anchors and doubles it until enough anchors
     survive (1:3 also needs every positive seen, or enough of them kept); all images' prefixes go
-    through one batched NMS per round.
+    through one batched NMS per round. On the CPU an image whose prefix would pass OHEM_GRAPH_FROM
+    anchors is finished by one greedy pass over the anchors' cached overlap graph (the same NMS
+    decisions, see nms_graph.py): the scan that must reach the last positive no longer costs NMS over
+    all anchors (~1 minute per 600x1000 image).
 
     Args:
         anchor_losses: (N, R) or (R,) loss of each anchor (summed over classes), detached.
@@ -128,10 +135,44 @@ def ohem_select(anchor_losses: torch.Tensor, anchors: torch.Tensor, labels: torc
                         mask[i, pos[:num_pos]] = True
                         mask[i, neg[:num_neg]] = True
                         continue
+            if device.type == "cpu" and 2 * prefix[i] > OHEM_GRAPH_FROM and prefix[i] < num_candidates[i]:
+                mask[i, _ohem_by_graph(keys[i], labels[i], anchors, num_candidates[i], batch_size, nms_thresh,
+                                       pos_ratio, cap)] = True
+                continue
             unfinished.append(i)
             prefix[i] = min(num_candidates[i], 2 * prefix[i])
         pending = unfinished
     return mask
+
+
+def _ohem_by_graph(keys: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, num_candidates: int,
+                   batch_size: int, nms_thresh: float, pos_ratio: Optional[float], cap: int) -> torch.Tensor:
+    """One image's OHEM selection (as ohem_select's) by greedy NMS over the anchors' overlap graph,
+    scanning in loss order until the minibatch is decided: the indices of the kept anchors."""
+    order = keys.topk(num_candidates).indices  # the non-ignored anchors in loss order
+    is_positive = (labels >= 0).numpy()
+    positive_positions = is_positive[order.numpy()].nonzero()[0]
+    last_positive = int(positive_positions[-1]) if len(positive_positions) else -1
+    counts = [0, 0]  # kept negatives, kept positives
+
+    def done(position: int, positive: bool) -> bool:
+        counts[positive] += 1
+        if pos_ratio is None:
+            return counts[0] + counts[1] >= batch_size
+        if counts[1] < cap and position < last_positive:  # more positives may still be kept
+            return False
+        num_pos = min(counts[1], cap)
+        return counts[0] >= min(int(round(num_pos * (1.0 - pos_ratio) / pos_ratio)), batch_size - num_pos)
+
+    kept = torch.tensor(greedy_nms(order, overlap_graph(anchors, nms_thresh), len(labels), done, is_positive),
+                        dtype=torch.long)
+    if pos_ratio is None:
+        return kept[:batch_size]
+    pos_mask = labels[kept] >= 0
+    pos, neg = kept[pos_mask], kept[~pos_mask]
+    num_pos = min(len(pos), cap)
+    num_neg = min(int(round(num_pos * (1.0 - pos_ratio) / pos_ratio)), batch_size - num_pos)
+    return torch.cat([pos[:num_pos], neg[:num_neg]])
 
 
 def classification_targets(labels: torch.Tensor, gt_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
