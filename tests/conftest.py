@@ -93,3 +93,12 @@ def single_seed(path: Path) -> Path:
     out = Path(tempfile.mkdtemp(prefix="single-seed-")) / path.name
     out.write_text(text)
     return out
+
+
+def fill_freed_memory_with_nan() -> None:
+    """Allocate NaN-filled buffers and free them: a kernel that reads memory it never wrote (oneDNN's
+    bf16 weight gradient on maps one position wide, retina/modeling/autocast_conv.py) then reads NaN."""
+    import torch
+
+    garbage = [torch.full((n,), float("nan")) for n in (1000, 5000, 9216, 20000, 100000)]
+    del garbage

@@ -7,6 +7,8 @@ import torch
 from retina.modeling.anchors import AnchorGenerator
 from retina.modeling.retinanet import RetinaNet, prior_bias
 
+from .conftest import fill_freed_memory_with_nan
+
 
 def test_prior_init_gives_mean_score_pi_on_random_input():
     torch.manual_seed(0)
@@ -65,8 +67,7 @@ def test_the_pyramid_tops_gradients_under_cpu_bf16_autocast_on_one_wide_maps_mat
         c = [torch.randn(2, 8, 4 * h, 4 * w), torch.randn(2, 16, 2 * h, 2 * w), torch.randn(2, 32, h, w)]
         c = [x.bfloat16().double() for x in c]  # values bf16 holds exactly
         for level, conv in ((3, "p6"), (4, "p7")):
-            garbage = [torch.full((n,), float("nan")) for n in (1000, 5000, 9216, 20000, 100000)]
-            del garbage
+            fill_freed_memory_with_nan()
             fpn.zero_grad(set_to_none=True)
             reference.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16):

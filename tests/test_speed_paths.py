@@ -21,6 +21,8 @@ from retina.cpu.winograd import WinogradConv2d
 from retina.modeling.boxes import BACKGROUND, IGNORE, decode, match_anchors, pad_targets, pairwise_iou
 from retina.modeling.retinanet import RetinaNet
 
+from .conftest import fill_freed_memory_with_nan
+
 LEVELS = [(12, 12), (6, 6), (3, 3), (2, 2), (1, 1)]
 
 
@@ -195,8 +197,7 @@ def test_fast_cpu_convs_step_aside_under_cpu_autocast():
     images = torch.randn(2, 3, 64, 64)
 
     def run(on: bool):
-        garbage = [torch.full((n,), float("nan")) for n in (1000, 5000, 9216, 20000, 100000)]
-        del garbage
+        fill_freed_memory_with_nan()
         use_fast_cpu_convs(model, on)
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
