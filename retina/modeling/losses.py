@@ -130,7 +130,7 @@ def ohem_select(anchor_losses: torch.Tensor, anchors: torch.Tensor, labels: torc
                 every_positive = whole or int(tops[j].values[-1]) <= last_positive[i]
                 if len(pos) >= cap or every_positive:
                     num_pos = min(len(pos), cap)
-                    num_neg = min(int(round(num_pos * (1.0 - pos_ratio) / pos_ratio)), batch_size - num_pos)
+                    num_neg = _ohem_negatives(num_pos, batch_size, pos_ratio)
                     if len(neg) >= num_neg or whole:
                         mask[i, pos[:num_pos]] = True
                         mask[i, neg[:num_neg]] = True
@@ -155,24 +155,26 @@ def _ohem_by_graph(keys: torch.Tensor, labels: torch.Tensor, anchors: torch.Tens
     last_positive = int(positive_positions[-1]) if len(positive_positions) else -1
     counts = [0, 0]  # kept negatives, kept positives
 
-    def done(position: int, positive: bool) -> bool:
-        counts[positive] += 1
+    def done(position: int, box: int) -> bool:
+        counts[bool(is_positive[box])] += 1
         if pos_ratio is None:
             return counts[0] + counts[1] >= batch_size
         if counts[1] < cap and position < last_positive:  # more positives may still be kept
             return False
-        num_pos = min(counts[1], cap)
-        return counts[0] >= min(int(round(num_pos * (1.0 - pos_ratio) / pos_ratio)), batch_size - num_pos)
+        return counts[0] >= _ohem_negatives(min(counts[1], cap), batch_size, pos_ratio)
 
-    kept = torch.tensor(greedy_nms(order, overlap_graph(anchors, nms_thresh), len(labels), done, is_positive),
-                        dtype=torch.long)
+    kept = torch.tensor(greedy_nms(order, overlap_graph(anchors, nms_thresh), done), dtype=torch.long)
     if pos_ratio is None:
         return kept[:batch_size]
     pos_mask = labels[kept] >= 0
     pos, neg = kept[pos_mask], kept[~pos_mask]
     num_pos = min(len(pos), cap)
-    num_neg = min(int(round(num_pos * (1.0 - pos_ratio) / pos_ratio)), batch_size - num_pos)
-    return torch.cat([pos[:num_pos], neg[:num_neg]])
+    return torch.cat([pos[:num_pos], neg[:_ohem_negatives(num_pos, batch_size, pos_ratio)]])
+
+
+def _ohem_negatives(num_pos: int, batch_size: int, pos_ratio: float) -> int:
+    """1:3's negatives for ``num_pos`` kept positives: (1 - r) / r each, within the batch size."""
+    return min(int(round(num_pos * (1.0 - pos_ratio) / pos_ratio)), batch_size - num_pos)
 
 
 def classification_targets(labels: torch.Tensor, gt_labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -122,19 +122,19 @@ def overlap_graph(boxes: torch.Tensor, thresh: float) -> Tuple[np.ndarray, np.nd
     return indptr, indices
 
 
-def greedy_nms(order: torch.Tensor, graph: Tuple[np.ndarray, np.ndarray], num_boxes: int,
-               done: Callable[[int, bool], bool], is_positive: np.ndarray) -> List[int]:
+def greedy_nms(order: torch.Tensor, graph: Tuple[np.ndarray, np.ndarray],
+               done: Callable[[int, int], bool]) -> List[int]:
     """Greedy NMS over the boxes ``order`` (indices, highest priority first) with the suppression pairs
-    of ``graph``: the kept boxes in order. ``done(index_in_order, kept_something_new)`` is asked after
-    each kept box and may stop the scan early (OHEM stops once its minibatch is full)."""
+    of ``graph``: the kept boxes in order. ``done(position_in_order, kept_box)`` is asked after each
+    kept box and may stop the scan early (OHEM stops once its minibatch is full)."""
     indptr, indices = graph
-    suppressed = np.zeros(num_boxes, dtype=np.bool_)
+    suppressed = np.zeros(len(indptr) - 1, dtype=np.bool_)
     kept: List[int] = []
     for position, box in enumerate(order.tolist()):
         if suppressed[box]:
             continue
         kept.append(box)
         suppressed[indices[indptr[box]:indptr[box + 1]]] = True
-        if done(position, bool(is_positive[box])):
+        if done(position, box):
             break
     return kept
