@@ -68,7 +68,6 @@ TABLES: Dict[str, str] = {
 KEY_EXCLUDED: Tuple[str, ...] = (
     "eval.",  # every evaluation setting (a prefix): `orchestrator evaluate` re-scores a checkpoint instead
     "data.max_val_images",
-    "pretrain.num_threads",
     "output_dir",
     "train.log_every",
     "train.checkpoint_every",

@@ -205,7 +205,10 @@ class PretrainConfig:
     warmup_iters: int = 50
     weight_decay: float = 5e-4
     seed: int = 0
-    num_threads: int = 0  # torch threads while pre-training (0: torch's default, every core); changes nothing
+    # torch threads while pre-training: part of the settings, since CPU kernels split their sums by thread
+    # and the weights differ in the last bits with the count (and then in everything trained on them);
+    # fixed, so a driver (every core) and a one-thread trial that pre-train compute the same backbone
+    num_threads: int = 2
 
 
 @dataclass
@@ -533,6 +536,8 @@ def _validate_backbone(m: DictConfig, cfg_pretrain: DictConfig, need, check_path
              p.max_object_fraction, "0 < pretrain.min_object_fraction <= max_object_fraction <= 1")
         need(p.iterations >= 1 and p.batch_size >= 1, "pretrain.iterations", p.iterations, "an integer >= 1")
         need(p.lr > 0 and p.weight_decay >= 0, "pretrain.lr", p.lr, "a positive learning rate")
+        need(p.num_threads >= 1, "pretrain.num_threads", p.num_threads,
+             "an integer >= 1 (a fixed count: the weights depend on it)")
         need(m.backbone_norm != "group", "model.backbone_norm", m.backbone_norm,
              "'bn', 'frozen_bn' or 'sync_bn' with model.backbone_weights=synthetic (a BatchNorm ResNet)")
     elif is_weights_name(weights):

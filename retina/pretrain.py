@@ -45,12 +45,11 @@ VALIDATION_IMAGES = 1000  # the first images, held out: the accuracy reported
 
 
 def settings_of(cfg_pretrain) -> Dict[str, object]:
-    """The ``pretrain`` section as a plain dict (num_threads excluded: it changes nothing computed)."""
+    """The ``pretrain`` section as a plain dict: everything that decides the weights (num_threads included:
+    the CPU kernels' sums split by thread, so the count changes the last bits of every weight)."""
     from omegaconf import OmegaConf
 
-    d = OmegaConf.to_container(cfg_pretrain, resolve=True) if not isinstance(cfg_pretrain, dict) else dict(cfg_pretrain)
-    d.pop("num_threads", None)
-    return d
+    return OmegaConf.to_container(cfg_pretrain, resolve=True) if not isinstance(cfg_pretrain, dict) else dict(cfg_pretrain)
 
 
 def weights_path(depth: int, cfg_pretrain) -> Path:
@@ -160,10 +159,8 @@ def ensure_pretrained(depth: int, cfg_pretrain, log=_to_stderr) -> Path:
     with _lock(path):
         if path.is_file():  # made by another process while this one waited
             return path
-        threads = int(cfg_pretrain.num_threads or 0)
         previous = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(int(cfg_pretrain.num_threads))  # the caller's count would change the weights
         # the caller's random state is left as it was: a trial that pre-trains must train exactly as
         # one that finds the file cached
         py_state = random.getstate()

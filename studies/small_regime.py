@@ -15,7 +15,7 @@ time), kept under ``.cache/study/<key>/``, and recorded, with its settings and f
 
     python studies/small_regime.py list
     python studies/small_regime.py run SETTING [SETTING ...] [--pairs 1b,1c,1d] [--seeds 0,1,2] [--jobs 2]
-    python studies/small_regime.py table          # docs/small_regime.md from the records
+    python studies/small_regime.py table          # docs/small_regime_table.md from the records
 
 The table's verdict per pair and setting: B beats A where the mean difference exceeds twice its
 standard error (pooled seed standard deviation, n seeds per arm), the reverse where it is below
@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's retina, as the runs' `python -m retina.train` in ROOT use
 RECORDS = ROOT / "docs" / "small_regime_runs.jsonl"
-TABLE = ROOT / "docs" / "small_regime.md"
+TABLE = ROOT / "docs" / "small_regime_table.md"  # generated; docs/small_regime.md is the written account
 RUNS_DIR = ROOT / ".cache" / "study"
 
 CE = ["loss.kind=focal", "loss.gamma=0.0", "loss.alpha=0.75"]

@@ -22,12 +22,29 @@ def test_pretraining_is_cached_by_its_settings_and_deterministic(tmp_path, monke
     assert ensure_pretrained(18, cfg.pretrain, log=lambda m: None) == path and path.stat().st_mtime_ns == mtime
     other = load_config("cpu", overrides=TINY + ["pretrain.seed=1"])
     assert weights_path(18, other.pretrain) != path
-    assert weights_path(18, load_config("cpu", overrides=TINY + ["pretrain.num_threads=1"]).pretrain) == path
-    # the same settings elsewhere give the same weights
-    monkeypatch.setenv("RETINA_CACHE_DIR", str(tmp_path / "b"))
-    again = ensure_pretrained(18, cfg.pretrain, log=lambda m: None)
-    a, b = torch.load(path, weights_only=True), torch.load(again, weights_only=True)
+    # the thread count changes the weights' last bits, so it is one of the settings
+    assert weights_path(18, load_config("cpu", overrides=TINY + ["pretrain.num_threads=1"]).pretrain) != path
+
+
+def test_the_same_settings_give_the_same_file_whatever_the_callers_thread_count(tmp_path, monkeypatch):
+    """A driver (every core) and a one-thread trial that pre-train must make the same backbone, to the
+    byte: the file's sha256 is what runs record."""
+    import hashlib
+
+    cfg = load_config("cpu", overrides=TINY + ["pretrain.num_threads=2"])
+    previous = torch.get_num_threads()
+    files = []
+    try:
+        for folder, threads in (("a", 1), ("b", 3)):
+            monkeypatch.setenv("RETINA_CACHE_DIR", str(tmp_path / folder))
+            torch.set_num_threads(threads)
+            files.append(ensure_pretrained(18, cfg.pretrain, log=lambda m: None))
+            assert torch.get_num_threads() == threads  # the caller's count, restored
+    finally:
+        torch.set_num_threads(previous)
+    a, b = (torch.load(f, weights_only=True) for f in files)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert hashlib.sha256(files[0].read_bytes()).hexdigest() == hashlib.sha256(files[1].read_bytes()).hexdigest()
 
 
 def test_a_synthetic_backbone_is_loaded_into_the_detector(tmp_path, monkeypatch):
