@@ -49,8 +49,12 @@ def verdicts(summary: Path) -> Dict[str, List[dict]]:
     return json.loads(summary.read_text())["verdicts"]
 
 
+def work_dir(seed: int) -> Path:
+    return ROOT / ".cache" / "seed_check" / f"seed{seed}"
+
+
 def compare(sweep: str, seed: int, wall_s: Optional[float]) -> tuple:
-    work = ROOT / ".cache" / "seed_check" / f"seed{seed}"
+    work = work_dir(seed)
     ours = verdicts(RESULTS / sweep / "summary.json")
     other = verdicts(work / "results" / sweep / "summary.json")
     lines = [f"## {sweep}, seed {seed}", "",
@@ -87,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("sweeps", nargs="+", help="sweep names, e.g. alpha_gamma")
     parser.add_argument("--seed", type=int, default=3, help="the seed offset N (default 3: past the committed 0, 1, 2)")
     args = parser.parse_args(argv)
-    work = ROOT / ".cache" / "seed_check" / f"seed{args.seed}"
+    work = work_dir(args.seed)
     work.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{work / 'mlflow.db'}"
     total_flips = 0
