@@ -7,6 +7,9 @@ canvas, objects, clutter, classes, pre-trained backbone, normalizer, schedule, l
 * ``1b``: CE alpha .75 (gamma 0) against FL gamma 2 alpha .25;
 * ``1c``: FL with 1 scale x 1 ratio against 3 scales x 3 ratios;
 * ``1d``: the paper's best OHEM row (batch 128, NMS .5) against FL;
+* ``5.1``: plain CE (gamma 0, alpha .5, no gradient clipping) with the prior initialization against
+  without it; the claim is about status, not AP: every seed without the prior diverges (a non-finite
+  loss), every seed with it finishes;
 
 run for several seeds (``train.seed`` and ``data.synthetic.seed`` together) with AP curves
 (``eval.every``). Every run is a ``python -m retina.train`` of its own (one thread, ``--jobs`` at a
@@ -45,6 +48,7 @@ RUNS_DIR = ROOT / ".cache" / "study"
 
 CE = ["loss.kind=focal", "loss.gamma=0.0", "loss.alpha=0.75"]
 FL = ["loss.kind=focal", "loss.gamma=2.0", "loss.alpha=0.25"]
+CE51 = ["loss.kind=focal", "loss.gamma=0.0", "loss.alpha=0.5", "train.grad_clip_norm=null"]
 PAIRS: Dict[str, Tuple[str, List[str], str, List[str], str]] = {
     # pair: (name of A, overrides of A, name of B, overrides of B, the paper's claim: B beats A)
     "1b": ("CE a.75", CE, "FL g2 a.25", FL, "FL gamma 2 beats the best CE"),
@@ -59,7 +63,17 @@ PAIRS: Dict[str, Tuple[str, List[str], str, List[str], str]] = {
     "1d": ("OHEM 128/.5", ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", "loss.ohem_batch_size=128",
                            "loss.ohem_nms=0.5"],
            "FL", FL, "FL beats the best OHEM"),
+    # the prior sweep's best OHEM row on the cpu profile (batch 128, NMS .7)
+    "1d.7": ("OHEM 128/.7", ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", "loss.ohem_batch_size=128",
+                             "loss.ohem_nms=0.7"],
+             "FL", FL, "FL beats OHEM 128/.7"),
+    "5.1": ("CE prior", CE51 + ["model.prior_init=true"], "CE no prior", CE51 + ["model.prior_init=false"],
+            "CE without the prior diverges, with it trains"),
+    # the same with the profile's gradient clipping (norm 5) kept in both arms
+    "5.1.clip": ("CE prior, clip 5", CE51[:3] + ["model.prior_init=true"], "CE no prior, clip 5",
+                 CE51[:3] + ["model.prior_init=false"], "CE without the prior diverges, with it trains (clip 5)"),
 }
+STATUS_PAIRS = {"5.1", "5.1.clip"}  # pairs judged by status (B diverges, A finishes), not by AP
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,19 @@ SETTINGS: Dict[str, Setting] = {
     "v3_c24_f4_hard6": Setting("v3_c24_f4 with 6 hard distractors per image (default 2)",
                                (*SYN, *PRE120, "data.synthetic.num_classes=24", "model.freeze_at=4",
                                 "train.iterations=200", "data.synthetic.hard_distractors=6")),
+    # section 5.1: the cpu profile's subnets have GroupNorm (a stabilizer); the paper's have none
+    "paper_head": Setting("the cpu profile with the paper's subnets (model.head_norm=none: no GroupNorm)",
+                          ("model.head_norm=none",)),
+    "paper_head_lr01": Setting("paper_head at lr .01 (default .02)", ("model.head_norm=none", "train.lr=0.01")),
+    "paper_head_lr005": Setting("paper_head at lr .005: the paper's lr per image (.01 for 16 images; here 8)",
+                                ("model.head_norm=none", "train.lr=0.005")),
+    "paper_head_lr0025": Setting("paper_head at lr .0025 (half the paper's lr per image)",
+                                 ("model.head_norm=none", "train.lr=0.0025")),
+    "paper_head_lr00125": Setting("paper_head at lr .00125 (a quarter of the paper's lr per image)",
+                                  ("model.head_norm=none", "train.lr=0.00125")),
+    # Table 1c: no anchor row of the sweep had converged in 200 iterations (+1.5 to +2.8 AP in the last quarter)
+    "long600": Setting("the cpu profile trained 3x longer (600 iterations; lr steps at the same fractions)",
+                       ("train.iterations=600",)),
     "xpre_c48_sparse": Setting("xpre + 48 classes + 1-2 objects of 12-48 px",
                                ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn",
                                 "model.freeze_at=2", "data.synthetic.num_classes=48", "data.synthetic.min_objects=1",
@@ -189,7 +216,7 @@ def run_one(run: dict, eval_points: int) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     return {**run, "status": metrics["status"], "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
             "curve": [[p["iteration"], round(p["AP"], 3)] for p in metrics.get("eval_history", [])],
-            "iterations": metrics["iterations"], "train_time_s": round(metrics["train_time_s"], 1),
+            "iterations": metrics["iterations"], "diverged_at": metrics.get("diverged_at"), "train_time_s": round(metrics["train_time_s"], 1),
             "wall_s": round(wall, 1), "code": code_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
@@ -232,6 +259,24 @@ def _verdict(a: List[float], b: List[float], pooled_sd: Optional[float]) -> Tupl
     return mark, f"{diff:+.2f} ± {se:.2f}"
 
 
+def _status_verdict(a: List[dict], b: List[dict]) -> Tuple[str, str]:
+    """For a status pair: holds where every B run diverged and every A run finished."""
+    a_bad = sum(r["status"] == "diverged" for r in a)
+    b_bad = sum(r["status"] == "diverged" for r in b)
+    def at(rs: List[dict]) -> str:
+        its = [str(r["diverged_at"]) for r in sorted(rs, key=lambda r: r["seed"]) if r["status"] == "diverged"]
+        return f" (at {', '.join(its)})" if its else ""
+
+    shown = f"B diverged {b_bad}/{len(b)}{at(b)}, A {a_bad}/{len(a)}{at(a)}"
+    if len(a) < 2 and len(b) < 2:
+        return "single seed", shown
+    if b_bad == len(b) and a_bad == 0:
+        return "holds", shown
+    if b_bad == 0 or a_bad == len(a):
+        return "reversed" if a_bad > b_bad else "does not hold", shown
+    return "inconclusive", shown
+
+
 def _pooled_sd(groups: List[List[float]]) -> Optional[float]:
     num = sum((len(g) - 1) * statistics.variance(g) for g in groups if len(g) > 1)
     dof = sum(len(g) - 1 for g in groups if len(g) > 1)
@@ -265,20 +310,26 @@ def cmd_table(args=None) -> int:
         if not a or not b:
             continue
         ap_a, ap_b = [r["AP"] for r in a], [r["AP"] for r in b]
-        mark, diff = _verdict(ap_a, ap_b, _pooled_sd([ap_a, ap_b]))
+        if pair in STATUS_PAIRS:
+            mark, diff = _status_verdict(a, b)
+        else:
+            mark, diff = _verdict(ap_a, ap_b, _pooled_sd([ap_a, ap_b]))
 
-        def stat(v: List[float]) -> str:
+        def stat(v: List[float], rs: List[dict]) -> str:
+            bad = sum(r["status"] == "diverged" for r in rs)
             return f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "") + \
-                f" (n={len(v)})"
+                f" (n={len(v)}" + (f", {bad} diverged" if bad else "") + ")"
 
         def curve(rs: List[dict]) -> str:
             first = sorted(rs, key=lambda r: r["seed"])[0]
+            if not first["curve"]:
+                return f"diverged at iteration {first.get('diverged_at')}" if first["status"] == "diverged" else "-"
             return " / ".join(f"{ap:.1f}" for _, ap in first["curve"]) + f" @ {first['curve'][0][0]}.."
 
         setting_def = SETTINGS.get(setting)
         over = "; ".join(setting_def.overrides) if setting_def else "?"
         seconds = statistics.mean(r["wall_s"] for r in a + b)
-        lines.append(f"| {setting} | {over or '(none)'} | {pair} | {a_name} | {stat(ap_a)} | {b_name} | {stat(ap_b)} "
+        lines.append(f"| {setting} | {over or '(none)'} | {pair} | {a_name} | {stat(ap_a, a)} | {b_name} | {stat(ap_b, b)} "
                      f"| {diff} | {mark} | {curve(a)} | {curve(b)} | {seconds:.0f} |")
     lines += ["", "Settings:", ""] + [f"- `{name}`: {s.description}" + (f" (profile {s.profile})" if s.profile != "cpu"
                                                                          else "") for name, s in SETTINGS.items()]
