@@ -7,6 +7,7 @@ canvas, objects, clutter, classes, pre-trained backbone, normalizer, schedule, l
 * ``1b``: CE alpha .75 (gamma 0) against FL gamma 2 alpha .25;
 * ``1c``: FL with 1 scale x 1 ratio against 3 scales x 3 ratios;
 * ``1d``: the paper's best OHEM row (batch 128, NMS .5) against FL;
+* ``1e.depth``: FL with ResNet-18 against ResNet-34 (the stand-ins for 50 and 101);
 * ``5.1``: plain CE (gamma 0, alpha .5, no gradient clipping) with the prior initialization against
   without it; the claim is about status, not AP: every seed without the prior diverges (a non-finite
   loss), every seed with it finishes;
@@ -67,6 +68,8 @@ PAIRS: Dict[str, Tuple[str, List[str], str, List[str], str]] = {
     "1d.7": ("OHEM 128/.7", ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", "loss.ohem_batch_size=128",
                              "loss.ohem_nms=0.7"],
              "FL", FL, "FL beats OHEM 128/.7"),
+    # Table 1e's depth axis at the cpu profile's scale (ResNet-18 and -34 stand for 50 and 101)
+    "1e.depth": ("R18", FL, "R34", FL + ["model.depth=34"], "the deeper backbone beats the shallower"),
     "5.1": ("CE prior", CE51 + ["model.prior_init=true"], "CE no prior", CE51 + ["model.prior_init=false"],
             "CE without the prior diverges, with it trains"),
     # the same with the profile's gradient clipping (norm 5) kept in both arms
@@ -152,6 +155,7 @@ SETTINGS: Dict[str, Setting] = {
     "paper_head_lr00125": Setting("paper_head at lr .00125 (a quarter of the paper's lr per image)",
                                   ("model.head_norm=none", "train.lr=0.00125")),
     # Table 1c: no anchor row of the sweep had converged in 200 iterations (+1.5 to +2.8 AP in the last quarter)
+    "cpu": Setting("the cpu profile, as every sweep runs it (no overrides)", ()),
     "long600": Setting("the cpu profile trained 3x longer (600 iterations; lr steps at the same fractions)",
                        ("train.iterations=600",)),
     "xpre_c48_sparse": Setting("xpre + 48 classes + 1-2 objects of 12-48 px",
