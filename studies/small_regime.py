@@ -158,6 +158,8 @@ SETTINGS: Dict[str, Setting] = {
     "cpu": Setting("the cpu profile, as every sweep runs it (no overrides)", ()),
     "long600": Setting("the cpu profile trained 3x longer (600 iterations; lr steps at the same fractions)",
                        ("train.iterations=600",)),
+    "long400": Setting("the cpu profile trained 2x longer (400 iterations; lr steps at the same fractions)",
+                       ("train.iterations=400",)),
     "xpre_c48_sparse": Setting("xpre + 48 classes + 1-2 objects of 12-48 px",
                                ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn",
                                 "model.freeze_at=2", "data.synthetic.num_classes=48", "data.synthetic.min_objects=1",
