@@ -123,6 +123,19 @@ def test_verdicts_and_index(reported):
     assert "FL at gamma 2 beats the best CE: **holds**" in readme
 
 
+def test_the_index_links_the_seed_check_only_where_there_is_one(reported):
+    from orchestrator.report.render import write_index
+
+    out = reported["out"]
+    assert "seed_check.md" not in (out / "README.md").read_text()
+    (out / "seed_check.md").write_text("# Seed check\n")
+    write_index(out)
+    readme = (out / "README.md").read_text()
+    assert "[seed_check.md](seed_check.md)" in readme and "FL at gamma 2 beats the best CE: **holds**" in readme
+    (out / "seed_check.md").unlink()
+    write_index(out)
+
+
 def test_plots_are_pngs_of_the_expected_size(reported):
     for name in ("ap_vs_alpha_ce.png", "ap_vs_gamma_fl.png"):
         path = reported["dir"] / name

@@ -132,6 +132,9 @@ def _write_figure4(report: SweepReport, path: Path) -> str:
             f"{100 * float(pos[0.0][160]):.1f}%")
 
 
+SEED_CHECK = "seed_check.md"
+
+
 def write_index(out: Path) -> None:
     """``<out>/README.md``: every sweep reported under ``out`` (from their summary.json)."""
     lines = ["# Results", "",
@@ -160,4 +163,7 @@ def write_index(out: Path) -> None:
             lines.append(f"- plot [{f}]({name}/{f}): {what}" if not what.startswith("skipped")
                          else f"- plot {f}: {what}")
         lines.append("")
+    if (out / SEED_CHECK).is_file():  # written by studies/seed_check.py, not by the report
+        lines += ["## Other seeds", "", f"[{SEED_CHECK}]({SEED_CHECK}): each committed verdict that holds, rerun on "
+                  "other seeds (`python studies/seed_check.py SWEEP --seed N`).", ""]
     (out / "README.md").write_text("\n".join(lines))
