@@ -170,6 +170,9 @@ SETTINGS: Dict[str, Setting] = {
                        ("train.iterations=600",)),
     "long400": Setting("the cpu profile at 400 iterations (2x its former 200): its schedule since 2026-12-04",
                        ("train.iterations=400",)),
+    # Table 1e: ResNet-34's synthetic pre-training reaches 24% accuracy in the profile's 120 iterations (ResNet-18: 42%)
+    "pre360": Setting("the cpu profile (400 iterations) with 3x the synthetic pre-training (360 iterations)",
+                      ("train.iterations=400", "pretrain.iterations=360")),
     "xpre_c48_sparse": Setting("xpre + 48 classes + 1-2 objects of 12-48 px",
                                ("model.backbone_weights=/tmp/pre32.pth", "model.backbone_norm=frozen_bn",
                                 "model.freeze_at=2", "data.synthetic.num_classes=48", "data.synthetic.min_objects=1",
