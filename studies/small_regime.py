@@ -49,7 +49,17 @@ RUNS_DIR = ROOT / ".cache" / "study"
 
 CE = ["loss.kind=focal", "loss.gamma=0.0", "loss.alpha=0.75"]
 FL = ["loss.kind=focal", "loss.gamma=2.0", "loss.alpha=0.25"]
-CE51 = ["loss.kind=focal", "loss.gamma=0.0", "loss.alpha=0.5", "train.grad_clip_norm=null"]
+CE51_CLIPPED = ["loss.kind=focal", "loss.gamma=0.0", "loss.alpha=0.5"]  # plain CE, the profile's clipping kept
+CE51 = CE51_CLIPPED + ["train.grad_clip_norm=null"]                      # section 5.1: no clipping
+
+
+def ohem(batch: int, nms: float) -> List[str]:
+    """OHEM as the paper's Table 1d runs it: unweighted CE (gamma 0, alpha .5), ``batch`` anchors per
+    image after NMS at ``nms``."""
+    return ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", f"loss.ohem_batch_size={batch}",
+            f"loss.ohem_nms={nms}"]
+
+
 PAIRS: Dict[str, Tuple[str, List[str], str, List[str], str]] = {
     # pair: (name of A, overrides of A, name of B, overrides of B, the paper's claim: B beats A)
     "1b": ("CE a.75", CE, "FL g2 a.25", FL, "FL gamma 2 beats the best CE"),
@@ -61,28 +71,21 @@ PAIRS: Dict[str, Tuple[str, List[str], str, List[str], str]] = {
     "1c": ("1x1 anchors", FL + ["anchors.scales_per_octave=1", "anchors.aspect_ratios=[1.0]"],
            "3x3 anchors", FL + ["anchors.scales_per_octave=3", "anchors.aspect_ratios=[0.5,1.0,2.0]"],
            "3 scales x 3 ratios beat one square anchor"),
-    "1d": ("OHEM 128/.5", ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", "loss.ohem_batch_size=128",
-                           "loss.ohem_nms=0.5"],
-           "FL", FL, "FL beats the best OHEM"),
+    "1d": ("OHEM 128/.5", ohem(128, 0.5), "FL", FL, "FL beats the best OHEM"),
     # the prior sweep's best OHEM row on the cpu profile (batch 128, NMS .7)
-    "1d.7": ("OHEM 128/.7", ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", "loss.ohem_batch_size=128",
-                             "loss.ohem_nms=0.7"],
-             "FL", FL, "FL beats OHEM 128/.7"),
+    "1d.7": ("OHEM 128/.7", ohem(128, 0.7), "FL", FL, "FL beats OHEM 128/.7"),
     # OHEM's batch as a share of the anchors: the paper's 128 / 512 of ~117k anchors (600x1000) are 0.11% / 0.44%;
     # at 96 px (1,746 anchors) 128 is 7%, 2 is 0.11%, 8 is 0.46%, 32 is 1.8%.
-    "1d.b32": ("OHEM 32/.7", ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", "loss.ohem_batch_size=32",
-                              "loss.ohem_nms=0.7"], "FL", FL, "FL beats OHEM 32/.7"),
-    "1d.b2": ("OHEM 2/.7", ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", "loss.ohem_batch_size=2",
-                            "loss.ohem_nms=0.7"], "FL", FL, "FL beats OHEM 2/.7 (the paper's 128 of ~117k anchors)"),
-    "1d.b8": ("OHEM 8/.7", ["loss.kind=ohem", "loss.gamma=0.0", "loss.alpha=0.5", "loss.ohem_batch_size=8",
-                            "loss.ohem_nms=0.7"], "FL", FL, "FL beats OHEM 8/.7"),
+    "1d.b32": ("OHEM 32/.7", ohem(32, 0.7), "FL", FL, "FL beats OHEM 32/.7"),
+    "1d.b2": ("OHEM 2/.7", ohem(2, 0.7), "FL", FL, "FL beats OHEM 2/.7 (the paper's 128 of ~117k anchors)"),
+    "1d.b8": ("OHEM 8/.7", ohem(8, 0.7), "FL", FL, "FL beats OHEM 8/.7"),
     # Table 1e's depth axis at the cpu profile's scale (ResNet-18 and -34 stand for 50 and 101)
     "1e.depth": ("R18", FL, "R34", FL + ["model.depth=34"], "the deeper backbone beats the shallower"),
     "5.1": ("CE prior", CE51 + ["model.prior_init=true"], "CE no prior", CE51 + ["model.prior_init=false"],
             "CE without the prior diverges, with it trains"),
     # the same with the profile's gradient clipping (norm 5) kept in both arms
-    "5.1.clip": ("CE prior, clip 5", CE51[:3] + ["model.prior_init=true"], "CE no prior, clip 5",
-                 CE51[:3] + ["model.prior_init=false"], "CE without the prior diverges, with it trains (clip 5)"),
+    "5.1.clip": ("CE prior, clip 5", CE51_CLIPPED + ["model.prior_init=true"], "CE no prior, clip 5",
+                 CE51_CLIPPED + ["model.prior_init=false"], "CE without the prior diverges, with it trains (clip 5)"),
 }
 STATUS_PAIRS = {"5.1", "5.1.clip"}  # pairs judged by status (B diverges, A finishes), not by AP
 
@@ -162,10 +165,10 @@ SETTINGS: Dict[str, Setting] = {
                                  ("model.head_norm=none", "train.lr=0.0025", "train.iterations=200")),
     "paper_head_lr00125": Setting("paper_head at lr .00125 (a quarter of the paper's lr per image)",
                                   ("model.head_norm=none", "train.lr=0.00125", "train.iterations=200")),
-    # Table 1c: no anchor row of the sweep had converged in 200 iterations (+1.5 to +2.8 AP in the last quarter)
     # the cpu profile as the sweeps ran it until 2026-12-04, with 200 iterations (the runs of 2026-12-03/04
     # were recorded without the pin, when it was the profile's default; the records carry it since)
     "cpu200": Setting("the cpu profile with its former schedule, 200 iterations", ("train.iterations=200",)),
+    # Table 1c: no anchor row of the sweep had converged in 200 iterations (+1.5 to +2.8 AP in the last quarter)
     "long600": Setting("the cpu profile at 600 iterations (3x its former 200; lr steps at the same fractions)",
                        ("train.iterations=600",)),
     "long400": Setting("the cpu profile at 400 iterations (2x its former 200): its schedule since 2026-12-04",
@@ -235,7 +238,8 @@ def run_one(run: dict, eval_points: int) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     return {**run, "status": metrics["status"], "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
             "curve": [[p["iteration"], round(p["AP"], 3)] for p in metrics.get("eval_history", [])],
-            "iterations": metrics["iterations"], "diverged_at": metrics.get("diverged_at"), "train_time_s": round(metrics["train_time_s"], 1),
+            "iterations": metrics["iterations"], "diverged_at": metrics.get("diverged_at"),
+            "train_time_s": round(metrics["train_time_s"], 1),
             "wall_s": round(wall, 1), "code": code_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
