@@ -62,8 +62,8 @@ def per_seed(sweep: str) -> Dict[str, Tuple[Dict[int, float], str]]:
     return out
 
 
-def mark(result: Optional[TestResult], p_holm: Optional[float]) -> str:
-    if result is None or p_holm is None:
+def mark(result: TestResult, p_holm: Optional[float]) -> str:
+    if p_holm is None:
         return "not testable (a row has one seed)"
     if p_holm <= ALPHA:
         return "holds" if result.diff > 0 else "does not hold"
@@ -116,9 +116,11 @@ def render(lines: List[dict]) -> str:
            "was tuned on: an exploratory recheck, not a confirmation.", "",
            "| sweep | table | claim | A | B (least favorable) | test | diff AP | 95% CI | df | p | Holm p | "
            "committed | now |", "|" + "---|" * 13]
+    committed = {}  # (sweep, claim) -> the committed report's mark
+    for sweep in dict.fromkeys(line["sweep"] for line in lines):
+        summary = json.loads((ROOT / "results" / sweep / "summary.json").read_text())
+        committed.update({(sweep, v["claim"]): v["mark"] for vs in summary["verdicts"].values() for v in vs})
     for line in lines:
-        summary = json.loads((ROOT / "results" / line["sweep"] / "summary.json").read_text())
-        committed = {v["claim"]: v["mark"] for vs in summary["verdicts"].values() for v in vs}
         r = line["result"]
         if line["table"] == "5.1":
             ok_div = line["p_div"] <= ALPHA
@@ -137,7 +139,7 @@ def render(lines: List[dict]) -> str:
         out.append(f"| {line['sweep']} | {line['table']} | {line['claim']} | {a} | {b} | {test} | {r.diff:+.2f} | "
                    f"{ci} | {df} | {'' if p is None else f'{p:.3g}'} | "
                    f"{'' if line['p_holm'] is None else format(line['p_holm'], '.3g')} | "
-                   f"{committed.get(line['claim'], '?')} | {now} |")
+                   f"{committed.get((line['sweep'], line['claim']), '?')} | {now} |")
     out += ["", "Claims left out here: the rank agreements and \"best row matches\" (permutation tests; they need "
             "the reference column and every row), 1a's \"alpha .10 collapses\" (one seed: not testable) and "
             "1e's trend (one seed per row).", ""]

@@ -110,11 +110,5 @@ def fisher_exact(diverged_a: int, total_a: int, diverged_b: int, total_b: int) -
     return float(stats.fisher_exact(table, alternative="two-sided").pvalue)
 
 
-def by_seed(seeds: Sequence[int], values: Sequence[float]) -> Dict[int, float]:
-    if len(seeds) != len(values):
-        raise ValueError(f"{len(seeds)} seeds for {len(values)} values")
-    return dict(zip(seeds, values))
-
-
 __all__: List[str] = ["TestResult", "paired_t", "welch_t", "compare_arms", "one_sample", "holm", "fisher_exact",
-                      "by_seed", "CONFIDENCE"]
+                      "CONFIDENCE"]
