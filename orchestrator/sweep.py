@@ -4,7 +4,7 @@ Pure: no Ray, no MLflow, nothing written. A sweep file names the paper table(s) 
 base profile, overrides, and its rows::
 
     name: alpha_gamma            # experiment name in MLflow (default: the file name)
-    tables: [1a, 1b]             # paper tables / sections the rows belong to (see TABLES)
+    tables: [1a, 1b]             # paper tables (see TABLES) or tables of its own (declaration.py)
     profile: cpu                 # default profile; --profile overrides it
     base: {loss.kind: focal}     # retina config overrides for every row (nested or dotted keys)
     seeds: [0, 1, 2]             # each row runs once per seed (see below); default [0]
@@ -16,6 +16,8 @@ base profile, overrides, and its rows::
         axes: {loss.alpha: [0.10, 0.25]}
         set: {loss.gamma: 0}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.5, max_concurrent: 4}   # optional
+    claims:                      # optional: what the report tests (declaration.py)
+      - {kind: beats, a: "FL gamma=0.1 alpha=0.75", b: "CE alpha=0.1"}
     profiles:                    # optional, per profile: how the sweep scales to that machine
       cpu:
         base: {data.max_size: 128}
@@ -24,9 +26,11 @@ base profile, overrides, and its rows::
 
 A row's resolved config is schema <- profile <- ``base`` <- ``profiles.<p>.base`` <- the row's
 ``set`` and axis values <- command-line ``--set``, then its seed; it is validated with retina's own
-checks. A seed is a fresh draw of everything random: seed ``k`` of a row adds ``k`` to its
-``train.seed`` (initialization, data order, flips) and to its ``data.synthetic.seed`` (the synthetic
-dataset itself), so ``--set train.seed=N data.synthetic.seed=N`` runs the whole sweep on other draws.
+checks. A seed is a full draw of everything random: seed ``k`` of a row adds ``k`` to its
+``train.seed`` (initialization, data order, flips), its ``data.synthetic.seed`` (the synthetic dataset
+itself) and its ``pretrain.seed`` (the pre-trained backbone: each seed fine-tunes a backbone of its own,
+so the backbone's variance is part of the noise the verdicts weigh). ``--set train.seed=N
+data.synthetic.seed=N pretrain.seed=N`` moves the whole sweep to other draws.
 Seeds are the row's ``seeds`` (a row or grid entry may give its own: the decisive rows of a table can
 run three while the others run one), else the file's, else ``[0]``. Labels always show the values the file's ``axes`` declare (the paper's),
 so a row keeps its paper name under every profile; a per-profile substitution is recorded in
@@ -52,15 +56,11 @@ from omegaconf import DictConfig, OmegaConf
 from retina import config as config_lib
 from retina.config import ConfigError
 
-# Paper tables and sections a row may belong to (results/paper/ holds their reference numbers).
-TABLES: Dict[str, str] = {
-    "1a": "Table 1a: varying alpha for CE loss (gamma 0)",
-    "1b": "Table 1b: varying gamma for FL (with its best alpha)",
-    "1c": "Table 1c: scales per octave x aspect ratios",
-    "1d": "Table 1d: FL vs OHEM baselines",
-    "1e": "Table 1e: speed/accuracy trade-off (depth x image scale)",
-    "5.1": "Section 5.1: CE with and without the prior initialization",
-}
+from . import declaration as declaration_lib
+from .declaration import PAPER_TABLES, Declaration
+
+# The paper's tables and sections; a sweep may also declare tables of its own (declaration.py).
+TABLES: Dict[str, str] = PAPER_TABLES
 
 # Config keys that change how a run is logged, stored, parallelized, compiled or evaluated, never what
 # it trains (train.compile: the same network, kernels fused; equal up to float rounding). A key ending
@@ -88,11 +88,12 @@ KEY_OMITTED_AT: Dict[str, Any] = {
 }
 
 TOP_LEVEL_KEYS = ("name", "description", "tables", "profile", "base", "seeds", "rows", "grid", "resources",
-                  "profiles")
+                  "profiles", "claims")
 ROW_KEYS = ("table", "label", "set", "seeds")
 GRID_KEYS = ("table", "label", "axes", "set", "seeds")
 PROFILE_SECTION_KEYS = ("base", "axes", "resources")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")
+DEFAULT_VARIANT = "default"
 KEY_LENGTH = 12  # hex digits of sha256: 48 bits, collisions negligible for any number of trials here
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -156,6 +157,12 @@ class Sweep:
     trials: List[Trial]
     resources: Resources
     num_rows: int  # (table, label, seed) rows; >= len(trials)
+    declaration: Declaration = field(default_factory=lambda: Declaration({}))  # tables and claims
+    variant: str = DEFAULT_VARIANT  # "default": the file as it is; else its profile and --set (own parent run)
+
+    def seeds_of(self, table: str, label: str) -> List[int]:
+        """The seeds (train.seed values) a row runs."""
+        return sorted(m.seed for t in self.trials for m in t.memberships if (m.table, m.label) == (table, label))
 
     def trial(self, key: str) -> Trial:
         for t in self.trials:
@@ -267,7 +274,7 @@ def find_sweep(arg: str | Path) -> Path:
 
 
 def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Sequence[str] = (),
-               check_paths: bool = False) -> Sweep:
+               check_paths: bool = False, read_references: bool = True) -> Sweep:
     """Read, validate and expand a sweep file; every mistake is a one-line :class:`ConfigError`.
 
     Args:
@@ -275,6 +282,8 @@ def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Seque
         profile: overrides the file's ``profile`` (e.g. ``--profile gpu``).
         overrides: command-line ``key=value`` settings merged over every row.
         check_paths: also require that configured dataset files exist (COCO sources).
+        read_references: read a user's table's reference CSV (False: the report re-reading a logged
+            sweep file, whose references come logged with it).
     """
     path = find_sweep(path)
     where = str(path)
@@ -294,8 +303,10 @@ def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Seque
     if not isinstance(description, str):
         raise ConfigError(f"{where}: description should be text")
 
-    tables = _tables(data.get("tables"), where)
-    profile = profile or data.get("profile") or config_lib.DEFAULT_PROFILE
+    table_specs = declaration_lib.table_specs(data.get("tables"), where, path.parent, read_references)
+    tables = list(table_specs)
+    file_profile = data.get("profile") or config_lib.DEFAULT_PROFILE
+    profile = profile or file_profile
     if not isinstance(profile, str):
         raise ConfigError(f"{where}: profile={profile!r}; expected a profile name such as 'cpu'")
     profile_file = config_lib.profile_path(profile)  # unknown profile: one-line error listing the known
@@ -337,10 +348,11 @@ def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Seque
         for source, values in row_sources + cli_sources:
             row_base = config_lib.merge_into(row_base, values, source)
         for seed in row.seeds if row.seeds is not None else seeds:
-            # seed k: train.seed and data.synthetic.seed of the row plus k
+            # seed k: train.seed, data.synthetic.seed and pretrain.seed of the row plus k (a full draw)
             row_cfg = row_base if seed == 0 else config_lib.merge_into(row_base, {
                 "train": {"seed": int(row_base.train.seed) + seed},
-                "data": {"synthetic": {"seed": int(row_base.data.synthetic.seed) + seed}}}, f"{row.where}: seed {seed}")
+                "data": {"synthetic": {"seed": int(row_base.data.synthetic.seed) + seed}},
+                "pretrain": {"seed": int(row_base.pretrain.seed) + seed}}, f"{row.where}: seed {seed}")
             _validate(row_cfg, head_sources + row_sources + cli_sources, row.where, check_paths)
             seed_used = int(row_cfg.train.seed)
             ident = (row.table, row.label, seed_used)
@@ -361,9 +373,19 @@ def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Seque
         override = _resources(section.get("resources"), f"{where}: profiles.{profile}.resources")
         resources = Resources(**{k: getattr(override, k) if getattr(override, k) is not None else getattr(resources, k)
                                  for k in RESOURCE_KEYS})
+    claims = declaration_lib.claims(data.get("claims"), where, table_specs, [(r.table, r.label) for r in rows])
     return Sweep(name=name, path=path, description=description, tables=tables, profile=profile,
                  overrides=list(overrides), base_config=base_config, trials=list(trials.values()),
-                 resources=resources, num_rows=len(seen))
+                 resources=resources, num_rows=len(seen), declaration=Declaration(table_specs, claims),
+                 variant=variant_name(profile, file_profile, overrides))
+
+
+def variant_name(profile: str, file_profile: str, overrides: Sequence[str]) -> str:
+    """Which run of a sweep file this is: "default" (its own profile, no --set), else e.g.
+    "profile gpu; --set train.seed=7": each variant has a parent run (manifest) of its own."""
+    parts = ([] if profile == file_profile else [f"profile {profile}"]) + \
+        ([f"--set {' '.join(overrides)}"] if overrides else [])
+    return "; ".join(parts) or DEFAULT_VARIANT
 
 
 def _validate(cfg: DictConfig, sources: List[Tuple[str, dict]], context: str, check_paths: bool = False) -> None:
@@ -379,22 +401,6 @@ def _validate(cfg: DictConfig, sources: List[Tuple[str, dict]], context: str, ch
         setter = setters[-1] if setters else "config (default value)"
         suffix = "" if setter == context else f" (in {context})"
         raise ConfigError(f"{setter}: {detail}{suffix}") from None
-
-
-def _tables(value: Any, where: str) -> List[str]:
-    if value is None:
-        raise ConfigError(f"{where}: missing 'tables'; expected a list of paper table ids such as [1a, 1b]")
-    if isinstance(value, (str, int, float)):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: tables should be a non-empty list of table ids such as [1a, 1b]")
-    out = []
-    for t in value:
-        t = str(t)
-        if t not in TABLES:
-            raise ConfigError(f"{where}: unknown table '{t}'; expected one of {', '.join(TABLES)}")
-        out.append(t)
-    return out
 
 
 def _seeds(value: Any, where: str) -> List[int]:
@@ -457,9 +463,7 @@ def _row_table(entry: Mapping, tables: List[str], where: str) -> str:
         if len(tables) == 1:
             return tables[0]
         raise ConfigError(f"{where}: missing 'table'; expected one of the sweep's tables {', '.join(tables)}")
-    table = str(table)
-    if table not in TABLES:
-        raise ConfigError(f"{where}: unknown table '{table}'; expected one of {', '.join(TABLES)}")
+    table = f"{table:g}" if isinstance(table, float) else str(table)
     if table not in tables:
         raise ConfigError(f"{where}: table '{table}' is not in the sweep's tables [{', '.join(tables)}]; "
                           "add it there or fix the row")

@@ -32,7 +32,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_eval_overrides(args.set)
         sweep = load_sweep(args.sweep, profile=args.profile)
         tracking.check_store(uri)
-        state = tracking.read_state(uri, sweep.name)
+        state = tracking.read_state(uri, sweep.name, sweep.variant)
         if state.experiment_id is None:
             raise tracking.TrackingError(f"sweep {sweep.name} has no runs in {tracking.describe_store(uri)}; run it "
                                          "first")

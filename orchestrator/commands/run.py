@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracking.check_store(uri)
         address = runner.check_address(args.address or os.environ.get("RAY_ADDRESS"))
         storage = _storage_path(args.storage_path)
-        state = tracking.read_state(uri, sweep.name)
+        state = tracking.read_state(uri, sweep.name, sweep.variant)
         other = tracking.live_driver(state)
         if other:
             raise tracking.TrackingError(f"sweep {sweep.name} is being run right now by driver {other} (host:pid); "
@@ -154,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return fail(e)
         count = replay_journal(journal, tracking.SweepTracker(uri, sweep, state), events)
         print(f"tracking: recorded {count} writes that the last run kept in {journal}")
-        state = tracking.read_state(uri, sweep.name)
+        state = tracking.read_state(uri, sweep.name, sweep.variant)
 
     superseded = {k: state.trials.pop(k) for k in rerun}  # retrained from scratch in a run of their own
     todo = [t for t in sweep.trials if not state.done(t.key)]

@@ -2,8 +2,10 @@
 where the store is and how it fails, state.py what it holds of a sweep, writer.py the driver's writes,
 records.py what the report reads, provenance.py what code made a run).
 
-One experiment per sweep (named after it), one parent run per sweep (tag ``kind=sweep``; reused by
-every re-run, never duplicated) and one nested child run per trial (tag ``kind=trial``, found again
+One experiment per sweep (named after it), one parent run per variant of the sweep file (tag
+``kind=sweep``, tag ``variant``: "default" for the file as it is, else its profile and --set; reused by
+every re-run of that variant, never duplicated, so another seed or --set never overwrites the default's
+manifest) and one nested child run per trial (tag ``kind=trial``, found again
 by its tag ``trial_key``: a resumed trial continues its own run, a trial never gets a second one).
 
 The driver is the only writer: :class:`SweepTracker` receives the trial events the Tune callback

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .state import list_sweeps
+from .state import DEFAULT_VARIANT, list_sweeps, parent_of, variants_of
 from .store import TrackingError, check_store, mlflow_client, search_all, store_exists
 
 
@@ -34,6 +34,8 @@ class SweepRecord:
     manifest: List[dict]  # parent artifact trials.json ([] if absent)
     sweep_yaml: Optional[str]  # parent artifact sweep.yaml
     runs: List[RunRecord]  # oldest run per trial key
+    variant: str = DEFAULT_VARIANT  # which run of the sweep file the parent is (sweep.variant_name)
+    declaration: Optional[dict] = None  # parent artifact declaration.json (tables and claims), if logged
 
 
 def _decode_param(text: str) -> Any:
@@ -63,9 +65,10 @@ def _parent_text(client: MlflowClient, run_id: str, name: str) -> Optional[str]:
         return None
 
 
-def read_sweep_record(uri: str, sweep_name: str) -> SweepRecord:
-    """Everything the store holds of sweep ``sweep_name`` (reads only). TrackingError (one line) when
-    the store does not exist, cannot be reached, has no such sweep, or no runs for it."""
+def read_sweep_record(uri: str, sweep_name: str, variant: str = DEFAULT_VARIANT) -> SweepRecord:
+    """Everything the store holds of sweep ``sweep_name``, as its ``variant``'s parent run lists it
+    (reads only). TrackingError (one line) when the store does not exist, cannot be reached, has no
+    such sweep or variant, or no runs for it."""
     check_store(uri)
     if not store_exists(uri):
         raise TrackingError(f"tracking store {uri} does not exist (no sweep was run with it)")
@@ -78,7 +81,10 @@ def read_sweep_record(uri: str, sweep_name: str) -> SweepRecord:
         known = ", ".join(list_sweeps(uri)) or "none"
         raise TrackingError(f"unknown sweep '{sweep_name}' in {uri}; sweeps there: {known}")
     parents = search_all(client, experiment.experiment_id, "tags.kind = 'sweep'")
-    parent = parents[0] if parents else None
+    parent = parent_of(parents, variant)
+    if parents and parent is None:
+        raise TrackingError(f"sweep '{sweep_name}' has no run of variant '{variant}' in {uri}; its variants: "
+                            + "; ".join(f"'{v}'" for v in variants_of(parents)))
     runs: List[RunRecord] = []
     seen = set()
     for run in search_all(client, experiment.experiment_id, "tags.kind = 'trial'"):
@@ -90,7 +96,7 @@ def read_sweep_record(uri: str, sweep_name: str) -> SweepRecord:
         runs.append(RunRecord(run_id=run.info.run_id, tags=dict(run.data.tags), params=params,
                               metrics=dict(run.data.metrics), ap_curve=_ap_curve(client, run.info.run_id, params)))
     manifest: List[dict] = []
-    sweep_yaml = None
+    sweep_yaml = declaration = None
     if parent is not None:
         text = _parent_text(client, parent.info.run_id, "trials.json")
         try:
@@ -98,13 +104,15 @@ def read_sweep_record(uri: str, sweep_name: str) -> SweepRecord:
         except ValueError:
             manifest = []
         sweep_yaml = _parent_text(client, parent.info.run_id, "sweep.yaml")
+        declaration = _parent_text(client, parent.info.run_id, "declaration.json")
     if not runs:
         raise TrackingError(f"sweep '{sweep_name}' has no trial runs in {uri}; run it first "
                             f"(python -m orchestrator run sweeps/{sweep_name}.yaml)")
     return SweepRecord(name=sweep_name, uri=uri, experiment_id=experiment.experiment_id,
                        parent_run_id=parent.info.run_id if parent else None,
                        parent_tags=dict(parent.data.tags) if parent else {}, manifest=manifest,
-                       sweep_yaml=sweep_yaml, runs=runs)
+                       sweep_yaml=sweep_yaml, runs=runs, variant=variant,
+                       declaration=json.loads(declaration) if declaration else None)
 
 
 def log_report(uri: str, run_id: str, directory: Path, artifact_path: str = "report") -> None:

@@ -37,8 +37,26 @@ class SweepState:
         return record is not None and record.status in DONE
 
 
-def read_state(uri: str, sweep_name: str) -> SweepState:
-    """What the store knows of sweep ``sweep_name``; reads only (a missing store is not created)."""
+DEFAULT_VARIANT = "default"
+
+
+def parent_of(parents: list, variant: str = DEFAULT_VARIANT):
+    """The parent run of ``variant`` among a sweep's parents (oldest first, as search_all returns
+    them): each variant of a sweep file (its own profile, --set) has one; a parent without a variant
+    tag (from before variants) is the default's. None if that variant never ran."""
+    for run in parents:
+        if (run.data.tags.get("variant") or DEFAULT_VARIANT) == variant:
+            return run
+    return None
+
+
+def variants_of(parents: list) -> List[str]:
+    return list(dict.fromkeys(run.data.tags.get("variant") or DEFAULT_VARIANT for run in parents))
+
+
+def read_state(uri: str, sweep_name: str, variant: str = DEFAULT_VARIANT) -> SweepState:
+    """What the store knows of sweep ``sweep_name`` (its parent run: the one of ``variant``); reads
+    only (a missing store is not created)."""
     if not store_exists(uri):
         return SweepState()
     client = mlflow_client(uri)
@@ -49,10 +67,10 @@ def read_state(uri: str, sweep_name: str) -> SweepState:
         raise TrackingError(f"experiment '{sweep_name}' is deleted in {uri}; restore it (`mlflow experiments "
                             f"restore --experiment-id {experiment.experiment_id}`) or rename the sweep")
     state = SweepState(experiment_id=experiment.experiment_id)
-    parents = search_all(client, experiment.experiment_id, "tags.kind = 'sweep'")
-    if parents:
-        state.parent_run_id = parents[0].info.run_id
-        state.parent_tags = dict(parents[0].data.tags)
+    parent = parent_of(search_all(client, experiment.experiment_id, "tags.kind = 'sweep'"), variant)
+    if parent is not None:
+        state.parent_run_id = parent.info.run_id
+        state.parent_tags = dict(parent.data.tags)
     for run in search_all(client, experiment.experiment_id, "tags.kind = 'trial'"):
         tags = run.data.tags
         key = tags.get("trial_key")

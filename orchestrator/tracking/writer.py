@@ -101,7 +101,7 @@ class SweepTracker:
             "kind": "sweep", "sweep": sweep.name, "table": ",".join(sweep.tables), "profile": sweep.profile,
             "overrides": " ".join(sweep.overrides), "sweep_file": str(sweep.path), **self.source,
             "num_trials": str(len(sweep.trials)), "num_rows": str(sweep.num_rows), "status": "running",
-            "driver": f"{socket.gethostname()}:{os.getpid()}",
+            "driver": f"{socket.gethostname()}:{os.getpid()}", "variant": sweep.variant,
         }
         if self.parent_run_id is None:
             run = c.create_run(self.experiment_id, tags={"mlflow.runName": sweep.name}, run_name=sweep.name)
@@ -113,6 +113,7 @@ class SweepTracker:
         self._tags(self.parent_run_id, tags)
         c.log_text(self.parent_run_id, sweep.path.read_text(), "sweep.yaml")
         c.log_text(self.parent_run_id, json.dumps(trials_manifest(sweep), indent=1), "trials.json")
+        c.log_text(self.parent_run_id, json.dumps(sweep.declaration.as_dict(), indent=1), "declaration.json")
 
     def supersede(self, run_ids: Dict[str, str], reason: str) -> None:
         """Mark the old runs of trials that ``--rerun`` retrains: kept, but no longer the trial's run
