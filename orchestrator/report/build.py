@@ -6,10 +6,17 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
+import tempfile
+from pathlib import Path
+
+from retina.config import ConfigError
+
+from .. import declaration as declaration_lib
+from ..declaration import Declaration, TableSpec
 from ..sweep import TABLES, format_value
-from .claims import Verdict, sweep_noise, verdicts
+from .claims import Verdict, verdicts
 from .paper import PAPER
-from .rows import OurRow, build_table, mark_convergence, our_rows
+from .rows import OurRow, build_custom_table, build_table, mark_convergence, our_rows
 
 
 def gpus_of(tags: Dict[str, str]) -> float:
@@ -58,6 +65,8 @@ def settings(record) -> Dict[str, Any]:
         "code_version": ", ".join(versions),
         "code_flags": flags,
         "overrides": record.parent_tags.get("overrides", ""),
+        "seeds": ", ".join(sorted({r.tags.get("seed", "?") for r in record.runs}, key=lambda x: (len(x), x))),
+        "variant": getattr(record, "variant", "default"),
     }
 
 
@@ -70,6 +79,8 @@ class SweepReport:
     plots: Dict[str, str]  # file -> what it shows, or "" (skipped)
     notes: List[str]
     figure4_source: Optional[Tuple[str, str]] = None  # (row label, checkpoint dir) of the FL gamma 2 trial
+    declaration: Optional[Declaration] = None  # the sweep's tables and claims
+    variant: str = "default"  # which run of the sweep file the report reads
 
 
 def _figure4_source(rows: Dict[str, List["OurRow"]]) -> Optional[Tuple[str, str]]:
@@ -82,11 +93,45 @@ def _figure4_source(rows: Dict[str, List["OurRow"]]) -> Optional[Tuple[str, str]
     return None
 
 
+def declaration_of(record) -> Declaration:
+    """The tables and claims the sweep's parent run logged (declaration.json), else those of its logged
+    sweep file, else (a store from before declared claims) its paper tables without claims."""
+    if record.declaration:
+        return declaration_lib.from_dict(record.declaration)
+    if record.sweep_yaml:
+        from ..sweep import load_sweep
+
+        tags = record.parent_tags
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{record.name}.yaml"
+            path.write_text(record.sweep_yaml)
+            try:
+                return load_sweep(path, profile=tags.get("profile") or None,
+                                  overrides=(tags.get("overrides") or "").split(), read_references=False).declaration
+            except (ConfigError, OSError, ValueError):
+                pass
+    declared = [t for t in (record.parent_tags.get("table") or "").split(",") if t in TABLES]
+    return Declaration({t: TableSpec(t, TABLES[t], True) for t in declared})
+
+
 def build_report(record) -> SweepReport:
     rows = our_rows(record)
-    declared = [t for t in (record.parent_tags.get("table") or "").split(",") if t]
-    order = [t for t in TABLES if t in set(declared) | set(rows)]
-    tables = {t: build_table(t, rows.get(t, [])) for t in order if t in PAPER}
-    mark_convergence(tables, sweep_noise(tables).sd)
-    found = {t: verdicts(t, df, tables) for t, df in tables.items()}
-    return SweepReport(record.name, tables, found, settings(record), {}, [], _figure4_source(rows))
+    declaration = declaration_of(record)
+    specs = dict(declaration.tables)
+    for t in rows:  # rows of a table the declaration lacks (runs from an older sweep file): shown too
+        if t not in specs:
+            specs[t] = TableSpec(t, TABLES.get(t, t), t in PAPER)
+    tables = {t: build_table(t, rows.get(t, [])) if spec.paper else build_custom_table(spec, rows.get(t, []))
+              for t, spec in specs.items()}
+    mark_convergence(tables)
+    by_key: Dict[Tuple[str, str], OurRow] = {}
+    for t, table_rows in rows.items():
+        for row in table_rows:
+            if not any(trial["stale"] for trial in row.trials):
+                by_key.setdefault((t, row.label), row)
+    found = verdicts(declaration, by_key, tables)
+    found = {t: found.get(t, []) for t in tables}
+    report = SweepReport(record.name, tables, found, settings(record), {}, [], _figure4_source(rows))
+    report.declaration = declaration
+    report.variant = getattr(record, "variant", "default")
+    return report

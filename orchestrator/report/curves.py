@@ -1,10 +1,11 @@
 """AP against iterations: each row's curve (the mean over its seeds), and whether it had converged.
 
-A row's AP curve comes from the evaluations during training (``eval.every``) and the final one. The
-rule: a row **converged** when the AP it gained over the last quarter of its schedule (from its last
-evaluation at or before 75% of the iterations to the end) is at most the noise, i.e. the table's pooled
-seed standard deviation, or ``DEFAULT_TOLERANCE`` AP where no row has two seeds. A row without a curve
-(``eval.every`` 0) is "no curve": nothing is claimed about it.
+A row's AP curve comes from the evaluations during training (``eval.every``) and the final one (the
+mean over its seeds). The rule, per row and the same in every table: a row **converged** when the AP
+it gained over the last quarter of its schedule (from its last evaluation at or before 75% of the
+iterations to the end) is at most ``DEFAULT_TOLERANCE`` AP. A row without a curve (``eval.every`` 0)
+is "no curve": nothing is claimed about it. A claim that holds on a row that had not converged says
+"holds (not converged)".
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 Curve = List[Tuple[int, float]]  # (iteration, AP), increasing iterations
 
-DEFAULT_TOLERANCE = 1.0  # AP points, where the table has no seed spread
+DEFAULT_TOLERANCE = 1.0  # AP points gained over the last quarter
 LAST_QUARTER = 0.75
 
 

@@ -86,11 +86,22 @@ def plot_table(table: str, df: pd.DataFrame, path: Path) -> bool:
         axp.set_title("paper", fontsize=9)
         ax.legend(fontsize=8)
         axp.legend(fontsize=8)
+    elif "AP_ref" in d:  # a user's table: one bar per row, beside its reference where it has one
+        if d["AP_ref"].notna().any():
+            _bars(ax, list(d["label"]), d["AP"], d["AP_ref"])
+            for other in fig.axes[1:]:
+                other.set_ylabel("AP (reference)", color="C1")
+        else:
+            ax.bar(range(len(d)), d["AP"], 0.6, color="C0")
+            ax.set_xticks(list(range(len(d))))
+            ax.set_xticklabels(list(d["label"]), rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel("AP (ours)")
     else:
         plt.close(fig)
         return False
-    ax.set_title(WHAT[table] if table != "1e" else "ours", fontsize=9 if table == "1e" else None)
-    fig.subplots_adjust(bottom=0.25 if table in ("1c", "1d") else 0.13, left=0.11, right=0.88,
+    ax.set_title(WHAT.get(table, f"AP per row of {table}") if table != "1e" else "ours",
+                 fontsize=9 if table == "1e" else None)
+    fig.subplots_adjust(bottom=0.25 if table not in ("1a", "1b", "1e") else 0.13, left=0.11, right=0.88,
                         wspace=0.3 if table == "1e" else None)
     fig.savefig(path, dpi=FIG_DPI)
     plt.close(fig)
@@ -129,9 +140,10 @@ def write_plots(tables: Dict[str, pd.DataFrame], directory: Path) -> Dict[str, s
     """file name -> what it shows (or "skipped: why") for each table of the report."""
     out: Dict[str, str] = {}
     for table, df in tables.items():
-        if table in FILES:
-            name = FILES[table]
-            out[name] = WHAT[table] if plot_table(table, df, directory / name) else "skipped: no row has a result yet"
+        name = FILES.get(table) or (f"ap_{table.replace('.', '_')}.png" if "AP_ref" in df else None)
+        if name:
+            what = WHAT.get(table, f"AP per row of {table}")
+            out[name] = what if plot_table(table, df, directory / name) else "skipped: no row has a result yet"
         if "curve" in df and plot_curves(table, df, directory / curves_file(table)):
             out[curves_file(table)] = f"AP against iterations for the rows of {table} (dashed: not converged)"
     return out

@@ -24,16 +24,33 @@ TABLE_NOTES = {
           "eval.timing_images > 0, else per image at eval.batch_size.",
 }
 
-VERDICT_RULES = ("Verdicts know their noise: a claim \"A beats B\" **holds** where mean(A) - mean(B) over seeds "
-                 "exceeds 2 standard errors (the sweep's pooled seed standard deviation), **does not hold** where the "
-                 "opposite difference does, is **inconclusive** in between, and says **single seed** where no row "
-                 "has two seeds. Rank agreement: Spearman's rho with a one-sided permutation p-value (holds where "
-                 "rho >= 0.5 and p <= 0.05). A verdict that rests on a row whose AP had not converged says so.")
+VERDICT_RULES = ("Verdicts test the claims the sweep file declares (orchestrator/report/claims.py): \"A beats B\" by a "
+                 "**paired t** test on the per-seed differences where both rows ran the same seeds (seed k is one draw "
+                 "of data, initialization and pre-trained backbone for every row), else Welch's t, at the real degrees "
+                 "of freedom; rank agreement by Spearman's rho with a two-sided permutation p; thresholds by a "
+                 "one-sample t; divergence by Fisher's exact test. Holm's correction over the sweep's claims "
+                 "(family-wise 5%): a claim **holds** where its Holm p <= 0.05 in the claimed direction, **does not "
+                 "hold** only where the opposite effect is significant, and is **inconclusive** otherwise; **no "
+                 "test** where a row has one seed. \"holds (not converged)\": a row it rests on gained more than 1 AP "
+                 "over the last quarter of its schedule. Each line gives the difference, its 95% CI, df, p and the "
+                 "Holm p.")
+
+
+def verdict_line(v) -> str:
+    return f"- {v.claim}: **{v.mark}** ({v.detail})"
+
+
+def _layout(df: pd.DataFrame, table: str):
+    """(key columns, metric columns, reference suffix, reference name) of a paper table or a user's."""
+    if table in PAPER:
+        return PAPER[table][1], PAPER[table][2], "_paper", "paper"
+    metrics = [c[:-4] for c in df.columns if c.endswith("_ref")]
+    return [], metrics, "_ref", "reference"
 
 
 def _display(df: pd.DataFrame, table: str) -> pd.DataFrame:
-    """The table as shown (markdown / LaTeX): paper keys, row, status, ours +- std, paper, diff, run."""
-    keys, metrics = PAPER[table][1], PAPER[table][2]
+    """The table as shown (markdown / LaTeX): keys, row, status, ours +- std, reference, diff, run."""
+    keys, metrics, suffix, ref_name = _layout(df, table)
     out = pd.DataFrame({k: df[k] for k in keys})
     out["our row"] = df["label"]
     out["status"] = df["status"]
@@ -41,8 +58,9 @@ def _display(df: pd.DataFrame, table: str) -> pd.DataFrame:
         ours = df[m].map(fmt)
         std = df[f"{m}_std"].map(lambda s: "" if math.isnan(s) else f" ± {s:.1f}")
         out[m] = ours + std.where(ours != "", "")
-        out[f"{m} paper"] = df[f"{m}_paper"].map(fmt)
-        out[f"Δ{m}"] = df[f"{m}_diff"].map(lambda x: "" if math.isnan(x) else f"{x:+.1f}")
+        if df[f"{m}{suffix}"].notna().any():
+            out[f"{m} {ref_name}"] = df[f"{m}{suffix}"].map(fmt)
+            out[f"Δ{m}"] = df[f"{m}_diff"].map(lambda x: "" if math.isnan(x) else f"{x:+.1f}")
     if table == "5.1":
         out["paper"] = df["paper_outcome"]
     out["seeds"] = df["seeds"]
@@ -86,20 +104,22 @@ def write_report(report: SweepReport, directory: Path) -> None:
           + (f" ({'; '.join(s['code_flags'])})" if s.get("code_flags") else "") + ". "
           "The paper: ResNet-50/101-FPN fine-tuned from ImageNet, 600 px COCO, 90k iterations of 16 images on 8 "
           "GPUs. Compare orderings and claims, not absolute AP.", "",
+          f"Runs: variant **{s.get('variant', 'default')}** of the sweep file, seeds {s.get('seeds', '?')}, code "
+          f"{s['code_version']}: the claims and the profile were committed before these seeds ran.", "",
           VERDICT_RULES, ""]
     tex = []
     for t, df in report.tables.items():
-        caption = TABLES[t]
+        spec = report.declaration.tables.get(t) if report.declaration else None
+        caption = spec.caption if spec else TABLES.get(t, t)
         shown = _display(df, t)
         md += [f"## {caption}", "", _markdown(shown), "", "Verdicts:", ""]
-        md += [f"- {v.claim}: **{v.mark}** ({v.detail})" for v in report.verdicts[t]]
+        md += [verdict_line(v) for v in report.verdicts[t]] or ["- (no claim declared for this table)"]
         if t in TABLE_NOTES:
             md += ["", TABLE_NOTES[t]]
         tolerance = df["convergence_tolerance"].iloc[0] if len(df) else float("nan")
         if df["converged"].notna().any():
             md += ["", f"Converged: the AP gained over the last quarter of the schedule is at most {tolerance:.2f} "
-                       "AP (the sweep's pooled seed standard deviation; 1 AP without seeds); the column shows the "
-                       "gain."]
+                       "AP (the same per-row rule in every table); the column shows the gain."]
         md.append("")
         tex.append(_latex(shown, f"{caption} (ours beside the paper's; profile {s['profile']})"))
     md += ["## Plots", ""] + [f"- [{f}]({f}): {what}" if what.endswith(".png") or not what.startswith("skipped")
@@ -155,7 +175,8 @@ def write_index(out: Path) -> None:
                   f"{s.get('backbone', '?')}; {s['iterations']} iterations, batch {s['batch_size']}; hardware "
                   f"{s['hardware']}; {s['train_hours']} h training, {s['gpu_hours']} GPU-hours; code "
                   f"{s['code_version']}" + (f" ({'; '.join(s['code_flags'])})" if s.get("code_flags") else "")
-                  + (f"; overrides `{s['overrides']}`" if s.get("overrides") else "")]
+                  + (f"; overrides `{s['overrides']}`" if s.get("overrides") else "")
+                  + f"; variant {s.get('variant', 'default')}, seeds {s.get('seeds', '?')}"]
         for t, vs in summary["verdicts"].items():
             for v in vs:
                 lines.append(f"- {t}: {v['claim']}: **{v['mark']}** ({v['detail']})")

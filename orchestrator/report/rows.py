@@ -52,6 +52,29 @@ class OurRow:
                 out.append(float(t["metrics"][name]))
         return out
 
+    def by_seed(self, metric: str) -> Dict[int, float]:
+        """seed -> ``metric`` of each finished (or diverged) seed: what the paired tests pair. A diverged
+        seed that logged no AP scores 0 AP (what its detector scores)."""
+        names = (metric, *METRIC_FALLBACK.get(metric, ()))
+        out = {}
+        for t in self.done:
+            name = next((n for n in names if n in t["metrics"]), None)
+            seed = int(t["tags"].get("seed", 0) or 0)
+            if name is not None:
+                out[seed] = float(t["metrics"][name])
+            elif t["status"] == "diverged" and metric.startswith("AP"):
+                out[seed] = 0.0
+        return out
+
+    @property
+    def diverged(self) -> int:
+        return sum(t["status"] == "diverged" for t in self.trials)
+
+    @property
+    def converged(self) -> Optional[bool]:
+        """The per-row rule (curves.py), the same in every table; None without a curve."""
+        return curves.converged(self.curve, curves.DEFAULT_TOLERANCE)
+
     def stat(self, metric: str) -> Tuple[float, float]:
         values = self.values(metric)
         if not values:
@@ -176,6 +199,7 @@ def build_table(table: str, rows: List[OurRow]) -> pd.DataFrame:
         if table == "5.1":
             d["paper_outcome"] = paper_row["outcome"] if paper_row is not None else ""
         d["AP_seeds"] = ours.values("AP") if ours else []
+        d.update(provenance(ours))
         d["curve"] = ours.curve if ours else []
         d["run_ids"] = " ".join(t["run_id"] for t in ours.trials if t["run_id"]) if ours else ""
         d["primary"] = primary
@@ -194,10 +218,55 @@ def build_table(table: str, rows: List[OurRow]) -> pd.DataFrame:
     return df
 
 
-def mark_convergence(tables: Dict[str, pd.DataFrame], tolerance: Optional[float]) -> None:
+def provenance(ours: Optional[OurRow]) -> Dict[str, str]:
+    """Where a row's numbers come from: AP per seed ("seed: AP; ..."), trial keys and code versions."""
+    if ours is None:
+        return {"AP_by_seed": "", "trial_keys": "", "code_versions": ""}
+    by_seed = ours.by_seed("AP")
+    return {"AP_by_seed": "; ".join(f"{seed}: {ap:.3f}" for seed, ap in sorted(by_seed.items())),
+            "trial_keys": " ".join(t["key"] for t in ours.trials),
+            "code_versions": " ".join(sorted({t["tags"].get("code_version", "?") for t in ours.trials if t["run_id"]}))}
+
+
+CUSTOM_METRICS = ("AP", "AP50", "AP75")  # the columns of a user's table (more where its reference has them)
+
+
+def custom_metrics(spec) -> List[str]:
+    """The metric columns of a user's table: AP, AP50, AP75, then its reference's other metric columns."""
+    from ..declaration import METRICS
+
+    extra = [c for values in (spec.reference or {}).values() for c in values if c in METRICS]
+    return list(dict.fromkeys([*CUSTOM_METRICS, *extra]))
+
+
+def build_custom_table(spec, rows: List[OurRow]) -> pd.DataFrame:
+    """A user's table: one line per row of the sweep (its label is its key), in the sweep's order.
+    Columns as :func:`build_table`'s, the reference's values as ``<m>_ref`` (NaN without one)."""
+    reference = spec.reference or {}
+    lines = []
+    for ours in rows:
+        d: Dict[str, Any] = {"label": ours.label, "status": ours.status, "seeds": len(ours.done)}
+        for m in custom_metrics(spec):
+            mean, std = ours.stat(m)
+            ref = reference.get(ours.label, {}).get(m, float("nan"))
+            d[m], d[f"{m}_std"], d[f"{m}_ref"], d[f"{m}_diff"] = mean, std, ref, mean - ref
+        d["AP_seeds"] = ours.values("AP")
+        d.update(provenance(ours))
+        d["curve"] = ours.curve
+        d["run_ids"] = " ".join(t["run_id"] for t in ours.trials if t["run_id"])
+        d["primary"] = not any(t["stale"] for t in ours.trials)
+        lines.append(d)
+    df = pd.DataFrame(lines, columns=None if lines else ["label", "status", "seeds", "AP", "AP_std", "AP_ref",
+                                                          "AP_diff", "AP_seeds", "curve", "run_ids", "primary"])
+    df.insert(0, "table", spec.name)
+    return df
+
+
+def mark_convergence(tables: Dict[str, pd.DataFrame]) -> None:
     """Add to each table the AP gained over the last quarter of each row's schedule and whether it had
-    converged (curves.py): gained at most ``tolerance`` (the sweep's noise), or curves.DEFAULT_TOLERANCE."""
-    tolerance = curves.DEFAULT_TOLERANCE if tolerance is None else tolerance
+    converged: the per-row rule of curves.py (gained at most curves.DEFAULT_TOLERANCE AP), the same in
+    every table."""
+    tolerance = curves.DEFAULT_TOLERANCE
     for df in tables.values():
         df["gain_last_quarter"] = [curves.last_quarter_gain(c) for c in df["curve"]]
         df["converged"] = pd.Series([curves.converged(c, tolerance) for c in df["curve"]], index=df.index, dtype=object)
