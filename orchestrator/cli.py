@@ -5,7 +5,7 @@
         [--max-concurrent N] [--cpus-per-trial C] [--gpus-per-trial G] [--workers-per-trial N]
         [--max-failures N] [--tracking-deadline S] [--verbose]
     python -m orchestrator status [SWEEP] [-v] [--tracking-uri U]
-    python -m orchestrator report [SWEEP ...] [--out DIR] [--tracking-uri U] [--no-log]
+    python -m orchestrator report [SWEEP ...] [--out DIR] [--tracking-uri U] [--no-log] [--variant V]
     python -m orchestrator evaluate SWEEP [--set eval.KEY=VALUE ...] [--tracking-uri U]
 
 A sweep is a file, or the name of a shipped one (sweeps/alpha_gamma.yaml, alpha_gamma). ``--set``
@@ -135,6 +135,10 @@ def _add_report(sub) -> None:
     p.add_argument("--out", help="output folder (default ./results)")
     p.add_argument("--tracking-uri", help="MLflow store (default as for run)")
     p.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's parent run")
+    p.add_argument("--variant", default=None,
+                   help="which run of the sweep file to report: 'default' (the file as it is; the default where the "
+                        "store has it, else the only variant it has) or what a run with other settings printed, e.g. "
+                        "'--set train.seed=7' (each variant has a parent run of its own)")
     p.set_defaults(func=_cmd_report)
 
 

@@ -646,6 +646,11 @@ def dry_run_listing(sweep: Sweep) -> str:
     lines.append(f"{'key':<{KEY_LENGTH}}  {'table':<6} {'row':<{width}}  settings that differ from the base")
     for t in sweep.trials:
         lines.append(f"{t.key:<{KEY_LENGTH}}  {','.join(t.tables):<6} {t.label:<{width}}  {describe_diff(t)}")
+    lines.append(f"variant {sweep.variant} (its own parent run in MLflow); claims the report tests:"
+                 if sweep.declaration.claims else f"variant {sweep.variant}; no claims declared")
+    for c in sweep.declaration.claims:
+        seeds = ", ".join(f"{label} {len(sweep.seeds_of(table, label))}" for table, label in c.rows)
+        lines.append(f"  {c.table}: {c.kind}: {c.says}" + (f" [seeds: {seeds}]" if seeds else ""))
     return "\n".join(lines)
 
 

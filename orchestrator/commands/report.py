@@ -34,7 +34,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         names = [_sweep_name(s) for s in args.sweep] or tracking.list_sweeps(uri)
         if not names:
             raise tracking.TrackingError(f"no sweeps recorded in {tracking.describe_store(uri)}")
-        records = [tracking.read_sweep_record(uri, n) for n in names]  # every input checked before writing
+        variant = getattr(args, "variant", None)
+        records = [tracking.read_sweep_record(uri, n, variant) for n in names]  # every input checked before writing
     except (ConfigError, tracking.TrackingError) as e:
         return fail(e)
     for record in records:
@@ -45,8 +46,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             tracking.log_report(uri, record.parent_run_id, directory)
         held = sum(v.holds is True for vs in report.verdicts.values() for v in vs)
         total = sum(v.holds is not None for vs in report.verdicts.values() for v in vs)
-        print(f"{record.name}: {directory / 'table.md'} ({', '.join(report.tables)}; {held} of {total} checked "
-              "claims hold)")
+        print(f"{record.name} (variant {record.variant}, parent run {record.parent_run_id}): {directory / 'table.md'} "
+              f"({', '.join(report.tables)}; {held} of {total} decided claims hold)")
     write_index(out)
     print(f"index: {out / 'README.md'}")
     return 0

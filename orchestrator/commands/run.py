@@ -223,7 +223,7 @@ def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, 
         print(f"--rerun {' '.join(args.rerun)}: {len(superseded)} trials retrain from scratch in new runs; their "
               "old runs stay, tagged superseded")
     where = f"Ray cluster {cluster.address}" if cluster.address else "local Ray"
-    print(f"sweep {sweep.name} ({sweep.path}), profile {sweep.profile}: {len(sweep.trials)} trials, "
+    print(f"sweep {sweep.name} ({sweep.path}), profile {sweep.profile}, variant {sweep.variant}: {len(sweep.trials)} trials, "
           f"{skipped} done before (skipped), {len(todo)} to run"
           + (f" ({len(resumed)} resume from a checkpoint)" if resumed else ""))
     per = (f"{resources.workers_per_trial} data-parallel workers of {resources.cpus_per_trial:g} CPU and "

@@ -282,7 +282,9 @@ def verdicts(declaration: Declaration, rows: Mapping[RowKey, OurRow],
         t = o.test
         detail = o.detail
         if o.p is not None:
-            detail += f"; p {o.p:.3g}, Holm p {p_holm:.3g} (over the sweep's {tested} tested claims)"
+            if t is None or t.p is None or abs(o.p - t.p) > 1e-12 * max(1.0, o.p):
+                detail += f"; the claim's p {o.p:.3g}"
+            detail += f"; Holm p {p_holm:.3g} (over the sweep's {tested} tested claims)"
         if o.unconverged:
             detail += f"; rests on rows whose AP had not converged: {', '.join(o.unconverged)}"
         out.setdefault(o.claim.table, []).append(Verdict(

@@ -65,9 +65,9 @@ def _parent_text(client: MlflowClient, run_id: str, name: str) -> Optional[str]:
         return None
 
 
-def read_sweep_record(uri: str, sweep_name: str, variant: str = DEFAULT_VARIANT) -> SweepRecord:
+def read_sweep_record(uri: str, sweep_name: str, variant: Optional[str] = None) -> SweepRecord:
     """Everything the store holds of sweep ``sweep_name``, as its ``variant``'s parent run lists it
-    (reads only). TrackingError (one line) when the store does not exist, cannot be reached, has no
+    (None: the default variant, else the only one the store holds; reads only). TrackingError (one line) when the store does not exist, cannot be reached, has no
     such sweep or variant, or no runs for it."""
     check_store(uri)
     if not store_exists(uri):
@@ -81,6 +81,9 @@ def read_sweep_record(uri: str, sweep_name: str, variant: str = DEFAULT_VARIANT)
         known = ", ".join(list_sweeps(uri)) or "none"
         raise TrackingError(f"unknown sweep '{sweep_name}' in {uri}; sweeps there: {known}")
     parents = search_all(client, experiment.experiment_id, "tags.kind = 'sweep'")
+    if variant is None:  # the default run of the file, else the only variant there is
+        found = variants_of(parents)
+        variant = DEFAULT_VARIANT if DEFAULT_VARIANT in found or len(found) != 1 else found[0]
     parent = parent_of(parents, variant)
     if parents and parent is None:
         raise TrackingError(f"sweep '{sweep_name}' has no run of variant '{variant}' in {uri}; its variants: "
@@ -111,7 +114,7 @@ def read_sweep_record(uri: str, sweep_name: str, variant: str = DEFAULT_VARIANT)
     return SweepRecord(name=sweep_name, uri=uri, experiment_id=experiment.experiment_id,
                        parent_run_id=parent.info.run_id if parent else None,
                        parent_tags=dict(parent.data.tags) if parent else {}, manifest=manifest,
-                       sweep_yaml=sweep_yaml, runs=runs, variant=variant,
+                       sweep_yaml=sweep_yaml, runs=runs, variant=variant or DEFAULT_VARIANT,
                        declaration=json.loads(declaration) if declaration else None)
 
 
