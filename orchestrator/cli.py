@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 EPILOG = """examples:
   python -m orchestrator run sweeps/alpha_gamma.yaml --dry-run      list the trials, start nothing
   python -m orchestrator run sweeps/alpha_gamma.yaml                the cpu profile, local Ray, ./mlflow.db
-  python -m orchestrator run anchors --set train.seed=1 data.synthetic.seed=1   other seeds
+  python -m orchestrator run anchors --set train.seed=1 data.synthetic.seed=1 pretrain.seed=1   other draws (a variant)
   python -m orchestrator run alpha_gamma --rerun failed             retrain the failed trials from scratch
   python -m orchestrator status -v                                  done / running / missing / failed
   python -m orchestrator report alpha_gamma                         results/alpha_gamma/: tables, verdicts, plots
