@@ -55,21 +55,13 @@ def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> Dict
 
     from .data import DataError
     from .data.loaders import build_val_dataset
-    from .engine.checkpoint import load_checkpoint
+    from .engine.checkpoint import read_checkpoint
     from .engine.trainer import resolve_device
     from .evaluation.evaluator import evaluate_model
     from .modeling.retinanet import from_config as model_from_config
 
     path = Path(path)
-    if not path.is_file():
-        raise config_lib.ConfigError(f"{path}: checkpoint not found; expected a checkpoint.pt written by training")
-    try:
-        state = load_checkpoint(path)
-    except Exception as e:  # noqa: BLE001 - not a torch file, truncated, pickled code
-        raise config_lib.ConfigError(f"{path}: cannot be read as a checkpoint ({' '.join(str(e).split())[:120]})") \
-            from None
-    if not isinstance(state, dict) or not {"model", "config", "num_classes"} <= set(state):
-        raise config_lib.ConfigError(f"{path}: not a checkpoint of retina.train (no model, config or num_classes)")
+    state = read_checkpoint(path)
     cfg = checkpoint_config(state, overrides)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)

@@ -57,6 +57,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg = config_lib.load_config(args.profile, files, overrides, check_paths=True)
         out = Path(cfg.output_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+        if args.resume:  # a checkpoint that cannot be resumed from: one line, nothing written
+            from .engine.checkpoint import read_checkpoint
+
+            read_checkpoint(args.resume)
+        else:  # the backbone's weights: had now (downloaded, read, or pre-trained), or one line
+            from .modeling.backbone_weights import resolve
+
+            resolve(str(cfg.model.backbone_weights), int(cfg.model.depth), pretrain=cfg.pretrain)
         from .data import DataError
         from .data.loaders import build_datasets
 
@@ -64,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             build_datasets(cfg, verify_files=True)  # bad data fails here, before anything is created
         except DataError as e:
             raise config_lib.ConfigError(str(e)) from None
-    except config_lib.ConfigError as e:
+    except config_lib.ConfigError as e:  # WeightsError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)

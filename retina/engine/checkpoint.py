@@ -48,3 +48,22 @@ def save_checkpoint(path: Path, model, optimizer, loss_fn, iteration: int, cfg: 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def read_checkpoint(path) -> dict:
+    """A checkpoint of retina.train, or a one-line ConfigError naming the file and what is wrong (not
+    found, not a torch file, truncated, not a training checkpoint)."""
+    from pathlib import Path
+
+    from ..config import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: checkpoint not found; expected a checkpoint.pt written by training")
+    try:
+        state = load_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - not a torch file, truncated, pickled code
+        raise ConfigError(f"{path}: cannot be read as a checkpoint ({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(state, dict) or not {"model", "config", "num_classes"} <= set(state):
+        raise ConfigError(f"{path}: not a checkpoint of retina.train (no model, config or num_classes)")
+    return state
