@@ -21,7 +21,8 @@ TABLE_NOTES = {
           "losses are divided by the positive count (as for FL); 1:3 is SSD's variant: at most batch x .25 "
           "positives and three negatives per positive (fewer positives, a smaller minibatch).",
     "1e": "Time: inference ms per image at batch 1 (forward + post-processing, as the paper's M40 timing) where "
-          "eval.timing_images > 0, else per image at eval.batch_size.",
+          "eval.timing_images > 0, else per image at eval.batch_size. On the cpu profile the sweep runs one trial at "
+          "a time on two threads (max_concurrent 1), so each timing ran with nothing else training beside it.",
 }
 
 VERDICT_RULES = ("Verdicts test the claims the sweep file declares (orchestrator/report/claims.py): \"A beats B\" by a "
