@@ -56,7 +56,7 @@ from retina.engine.step import (apply_gradients, forward, losses as batch_losses
 from retina.engine.trainer import resolve_device
 from retina.modeling.backbone import RESNET_C_CHANNELS
 from retina.modeling.losses import from_config as loss_from_config
-from retina.modeling.retinanet import from_config as model_from_config
+from retina.build import build_model, resolve_backbone
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H200 SXM, bf16 tensor core, dense (no sparsity)
 
@@ -101,7 +101,7 @@ def synchronize(device: torch.device) -> None:
 
 def build_ours(cfg: DictConfig, num_classes: int, device: torch.device) -> nn.Module:
     torch.manual_seed(cfg.train.seed)
-    model = model_from_config(cfg, num_classes).to(device)
+    model = build_model(cfg, num_classes, resolve_backbone(cfg)).to(device)
     if uses_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     return model

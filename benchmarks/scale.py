@@ -270,7 +270,7 @@ def step_reads() -> dict:
     from retina.data.samplers import StreamBatchSampler
     from retina.engine.step import apply_gradients, losses as batch_losses
     from retina.modeling.losses import from_config as loss_from_config
-    from retina.modeling.retinanet import from_config as model_from_config
+    from retina.build import build_model, resolve_backbone
 
     cache = tempfile.mkdtemp(prefix="scale-synthetic-")
     cfg = load_config("cpu", overrides=[
@@ -279,7 +279,7 @@ def step_reads() -> dict:
         "model.fpn_channels=32", "model.head_convs=1", "train.batch_size=4", "model.backbone_weights=",
         "model.backbone_norm=bn", "model.freeze_at=0", f"data.synthetic.cache_dir={cache}"])
     train, _ = build_datasets(cfg)
-    model = model_from_config(cfg, train.num_classes)
+    model = build_model(cfg, train.num_classes, resolve_backbone(cfg))
     loss_fn = loss_from_config(cfg.loss)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batch = next(iter(make_loader(train, StreamBatchSampler(len(train), 4, 1, 0, 0.5), cfg, torch.device("cpu"), 4)))

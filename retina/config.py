@@ -22,7 +22,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import ConfigError  # noqa: F401 - raised here, and imported from here by callers
 from .paths import PROFILES_DIR
+from .weight_names import SYNTHETIC, TORCHVISION_WEIGHT_NAMES, check_weights_file, is_weights_name
 DEFAULT_PROFILE = "cpu"
 
 
@@ -32,17 +34,6 @@ NUM_STAGES = 5
 
 # train.compile: "" = eager, else a torch.compile mode ("reduce-overhead" adds CUDA graphs).
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class ConfigError(ValueError):
-    """A user's configuration mistake; its message is one line: where, which key, what is right.
-
-    ``key`` and ``detail`` are set for range errors so a caller that knows which file or override
-    set the key can name it (see :func:`load_config`)."""
-
-    def __init__(self, message: str, key: Optional[str] = None, detail: Optional[str] = None):
-        super().__init__(message)
-        self.key, self.detail = key, detail
 
 
 @dataclass
@@ -512,8 +503,6 @@ def validate(cfg: DictConfig, where: str = "config", check_paths: bool = False) 
 
 def _validate_backbone(m: DictConfig, cfg_pretrain: DictConfig, need, check_paths: bool) -> None:
     """model.backbone_weights / backbone_norm / freeze_at, and the combinations that cannot work."""
-    from .modeling.backbone_weights import TORCHVISION_WEIGHT_NAMES, is_weights_name, resolve
-
     need(m.backbone_norm in BACKBONE_NORMS, "model.backbone_norm", m.backbone_norm,
          "one of " + ", ".join(repr(n) for n in BACKBONE_NORMS))
     need(0 <= m.freeze_at <= NUM_STAGES, "model.freeze_at", m.freeze_at,
@@ -528,7 +517,7 @@ def _validate_backbone(m: DictConfig, cfg_pretrain: DictConfig, need, check_path
         need(m.backbone_norm != "frozen_bn", "model.backbone_norm", m.backbone_norm,
              "'bn', 'sync_bn' or 'group' with a randomly initialized backbone (model.backbone_weights=''): "
              "frozen BatchNorm needs trained statistics")
-    elif weights == "synthetic":
+    elif weights == SYNTHETIC:
         p = cfg_pretrain
         need(p.image_size >= 24, "pretrain.image_size", p.image_size, "an integer >= 24")
         need(p.num_images >= 100, "pretrain.num_images", p.num_images, "an integer >= 100")
@@ -549,7 +538,7 @@ def _validate_backbone(m: DictConfig, cfg_pretrain: DictConfig, need, check_path
              f"'bn', 'frozen_bn' or 'sync_bn' with torchvision's {weights} (BatchNorm-trained weights); "
              "'group' needs a GroupNorm ResNet's state dict")
     elif check_paths:
-        resolve(weights, m.depth)  # the file exists (WeightsError names it otherwise)
+        check_weights_file(weights, m.depth)  # the file exists (WeightsError names it otherwise)
 
 
 def to_yaml(cfg: DictConfig) -> str:

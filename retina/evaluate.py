@@ -58,7 +58,7 @@ def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> Dict
     from .engine.checkpoint import read_checkpoint
     from .engine.trainer import resolve_device
     from .evaluation.evaluator import evaluate_model
-    from .modeling.retinanet import from_config as model_from_config
+    from .build import build_model
 
     path = Path(path)
     state = read_checkpoint(path)
@@ -73,7 +73,7 @@ def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = ()) -> Dict
         raise config_lib.ConfigError(f"{path}: the model has {state['num_classes']} classes but the validation split "
                                      f"({val_set.annotations}) has {val_set.num_classes}")
     device = resolve_device(cfg.train.device)
-    model = model_from_config(cfg, int(state["num_classes"]), load_backbone_weights=False).to(device)
+    model = build_model(cfg, int(state["num_classes"])).to(device)  # the checkpoint holds the weights
     model.load_state_dict(state["model"])
     metrics = evaluate_model(model, val_set, cfg, device)
     metrics.update({"iterations": int(state.get("iteration", 0)), "checkpoint": str(path),

@@ -68,14 +68,14 @@ def _render(cfg_pretrain) -> tuple:
 
     p = cfg_pretrain
     size = int(p.image_size)
-    s = synthetic._Settings.of(replace(
+    s = synthetic.RenderSettings.of(replace(
         SyntheticConfig(), seed=int(p.seed), num_train=int(p.num_images), num_val=0, image_size=size,
         num_classes=synthetic.MAX_CLASSES, min_objects=1, max_objects=1,
         min_object_size=max(2.0, float(p.min_object_fraction) * size), max_object_size=float(p.max_object_fraction) * size,
         easy_distractors=int(p.easy_distractors), hard_distractors=0))
     pixels, labels = [], []
     for i in range(s.num_train):
-        image, objects = synthetic._render(synthetic._split_rng(s.seed, "train", i), s)
+        image, objects = synthetic.render(synthetic.split_rng(s.seed, "train", i), s)
         if objects:  # an object that found no place is left out, as in detection data (rare)
             pixels.append(image)
             labels.append(objects[0][1])

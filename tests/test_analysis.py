@@ -1,7 +1,7 @@
 """Figure 4's loss distribution: Lorenz curves of the focal loss over positives and negatives."""
 import torch
 
-from retina.evaluation.loss_distribution import collect_logits, loss_distribution, lorenz
+from retina.analysis.loss_distribution import collect_logits, loss_distribution, lorenz
 
 
 def test_lorenz_curve_of_hand_worked_losses():

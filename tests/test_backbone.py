@@ -16,7 +16,7 @@ from retina.modeling import backbone_weights
 from retina.modeling.backbone import ResNetBackbone
 from retina.modeling.backbone_weights import TORCHVISION_WEIGHT_NAMES, WeightsError, resolve
 from retina.config import ConfigError, load_config
-from retina.modeling.retinanet import from_config
+from retina.build import build_model, resolve_backbone
 
 from .conftest import SCRATCH_BACKBONE
 
@@ -44,7 +44,7 @@ def test_a_torchvision_resnet_state_dict_loads_into_the_backbone_to_the_bit(tmp_
     net, path = saved_resnet(tmp_path)
     cfg = load_config("cpu", overrides=[f"model.backbone_weights={path}", "model.backbone_norm=bn", "model.freeze_at=0",
                                         "model.fast_cpu_convs=false"])
-    model = from_config(cfg, num_classes=3)
+    model = build_model(cfg, 3, resolve_backbone(cfg))
     ours = model.backbone.state_dict()
     theirs = net.state_dict()
     mapping = {"stem.0.": "conv1.", "stem.1.": "bn1."}
@@ -170,7 +170,7 @@ def test_a_file_that_is_not_a_resnet_state_dict_is_refused(tmp_path):
     torch.save({"conv.weight": torch.zeros(3)}, path)
     cfg = load_config("cpu", overrides=[f"model.backbone_weights={path}"])
     with pytest.raises(WeightsError, match="not a state dict of torchvision's ResNet-18"):
-        from_config(cfg, num_classes=3)
+        build_model(cfg, 3, resolve_backbone(cfg))
 
 
 def test_the_paper_profile_fine_tunes_a_pretrained_backbone_and_validates_with_a_weights_file(tmp_path, bccd):

@@ -101,10 +101,10 @@ def fit_and_record(cfg_overrides: list, checkpoint_dir: Path) -> dict:
 
     import retina.engine.trainer as train
 
-    build, names, grads, history = train.model_from_config, [], [], []
+    build, names, grads, history = train.build_model, [], [], []
 
-    def build_with_frozen_batchnorm(cfg, num_classes, **kwargs):
-        model = build(cfg, num_classes, **kwargs)
+    def build_with_frozen_batchnorm(cfg, num_classes, *args, **kwargs):
+        model = build(cfg, num_classes, *args, **kwargs)
         freeze_batchnorm_statistics(model)
         names[:] = [n for n, _ in model.named_parameters()]
         return model
@@ -113,7 +113,7 @@ def fit_and_record(cfg_overrides: list, checkpoint_dir: Path) -> dict:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         grads.append({n: p.grad.detach().clone() for n, p in zip(names, params, strict=True)})
 
-    train.model_from_config = build_with_frozen_batchnorm
+    train.build_model = build_with_frozen_batchnorm
     hook = register_optimizer_step_pre_hook(record)
     threads = torch.get_num_threads()
     try:
@@ -121,7 +121,7 @@ def fit_and_record(cfg_overrides: list, checkpoint_dir: Path) -> dict:
                            checkpoint_dir=str(checkpoint_dir))
     finally:
         hook.remove()
-        train.model_from_config = build
+        train.build_model = build
         torch.set_num_threads(threads)
     return {"grads": grads, "history": history, "status": result["status"], "AP50": result.get("AP50")}
 

@@ -43,7 +43,7 @@ def test_gpu_hours_count_the_share_of_a_gpu_and_every_worker():
 
 
 def test_figure4_samples_negatives_down_to_its_cap(tmp_path):
-    from retina.evaluation.loss_distribution import collect_logits
+    from retina.analysis.loss_distribution import collect_logits
     from retina.train import fit
 
     cfg = load_config("cpu", overrides=[

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from retina.config import load_config
-from retina.modeling.retinanet import from_config
+from retina.build import build_model, resolve_backbone
 from retina.pretrain import ensure_pretrained, info, weights_path
 
 TINY = ["pretrain.image_size=24", "pretrain.num_images=120", "pretrain.iterations=3", "pretrain.batch_size=8",
@@ -51,7 +51,7 @@ def test_a_synthetic_backbone_is_loaded_into_the_detector(tmp_path, monkeypatch)
     monkeypatch.setenv("RETINA_CACHE_DIR", str(tmp_path))
     cfg = load_config("cpu", overrides=TINY + ["model.backbone_weights=synthetic", "model.backbone_norm=frozen_bn",
                                                "model.freeze_at=2"])
-    model = from_config(cfg, num_classes=3)
+    model = build_model(cfg, 3, resolve_backbone(cfg))
     weights = torch.load(weights_path(18, cfg.pretrain), weights_only=True)
     assert model.backbone_source.kind == "synthetic"
     assert torch.equal(model.backbone.layer3[0].conv1.weight, weights["layer3.0.conv1.weight"])

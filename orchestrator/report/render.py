@@ -141,7 +141,7 @@ def _write_figure4(report: SweepReport, path: Path) -> str:
     checkpoint = Path(directory) / "checkpoint.pt"
     if not checkpoint.is_file():
         return f"skipped: the checkpoint of {label} ({checkpoint}) is not reachable from this machine"
-    from retina.evaluation.loss_distribution import collect_logits, loss_distribution  # torch loads only when there is a model to run
+    from retina.analysis.loss_distribution import collect_logits, loss_distribution  # torch loads only when there is a model to run
 
     from . import plots
     dist = loss_distribution(collect_logits(checkpoint, max_images=FIGURE4_IMAGES))

@@ -84,7 +84,7 @@ _PIXEL_NOISE = 6.0  # std of the per-pixel noise added last, grey levels
 
 
 @dataclass(frozen=True)
-class _Settings:
+class RenderSettings:
     """The generator fields of a SyntheticConfig, read from a dataclass, DictConfig or dict."""
 
     seed: int
@@ -100,9 +100,9 @@ class _Settings:
     hard_distractors: int
 
     @staticmethod
-    def of(cfg: Any) -> "_Settings":
+    def of(cfg: Any) -> "RenderSettings":
         get: Callable[[str], Any] = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
-        s = _Settings(
+        s = RenderSettings(
             seed=int(get("seed")), num_train=int(get("num_train")), num_val=int(get("num_val")),
             image_size=int(get("image_size")), num_classes=int(get("num_classes")),
             min_objects=int(get("min_objects")), max_objects=int(get("max_objects")),
@@ -196,7 +196,7 @@ def _iou_and_cover(a: Box, b: Box) -> Tuple[float, float]:
     return inter / (area_a + area_b - inter), inter / min(area_a, area_b)
 
 
-def _sample_extent(rng: np.random.Generator, s: _Settings) -> Tuple[int, int]:
+def _sample_extent(rng: np.random.Generator, s: RenderSettings) -> Tuple[int, int]:
     """(w, h): size sqrt(w h) log-uniform in [min, max], h / w log-uniform in [1/2, 2] (narrowed so
     that the box fits the image), rounded to whole pixels keeping h / w within [1/2, 2]."""
     size = math.exp(rng.uniform(math.log(s.min_object_size), math.log(s.max_object_size)))
@@ -289,7 +289,7 @@ def _draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, kind: str
         draw.line((x - dx, y - dy, x + dx, y + dy), fill=colour, width=int(rng.integers(1, 3)))
 
 
-def _render(rng: np.random.Generator, s: _Settings) -> Tuple[np.ndarray, List[Tuple[Box, int]]]:
+def render(rng: np.random.Generator, s: RenderSettings) -> Tuple[np.ndarray, List[Tuple[Box, int]]]:
     """One image: (size, size, 3) uint8 and its objects [(box, class index)]."""
     n_objects = int(rng.integers(s.min_objects, s.max_objects + 1))
     extents = sorted((_sample_extent(rng, s) for _ in range(n_objects)), key=lambda e: -e[0] * e[1])
@@ -353,7 +353,7 @@ def _ok_overlap(a: Box, b: Box) -> bool:
 # writing
 
 
-def _split_rng(seed: int, split: str, index: int) -> np.random.Generator:
+def split_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator of image ``index`` of ``split``: independent per split and per image."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index)))
 
@@ -367,18 +367,18 @@ PARALLEL_MIN_IMAGES = 256
 MAX_WORKERS = 16
 
 
-def _write_image(s: _Settings, split: str, index: int, images_dir: Path) -> List[Tuple[Box, int]]:
+def _write_image(s: RenderSettings, split: str, index: int, images_dir: Path) -> List[Tuple[Box, int]]:
     """Render image ``index`` of ``split``, write its PNG, return its objects."""
-    pixels, objects = _render(_split_rng(s.seed, split, index), s)
+    pixels, objects = render(split_rng(s.seed, split, index), s)
     Image.fromarray(pixels).save(images_dir / f"{index:06d}.png", compress_level=1)
     return objects
 
 
-def _render_range(s: _Settings, split: str, start: int, stop: int, images_dir: Path) -> List[List[Tuple[Box, int]]]:
+def _render_range(s: RenderSettings, split: str, start: int, stop: int, images_dir: Path) -> List[List[Tuple[Box, int]]]:
     return [_write_image(s, split, i, images_dir) for i in range(start, stop)]
 
 
-def _render_in_workers(s: _Settings, split: str, count: int, images_dir: Path, workers: int) -> List[List[Tuple[Box, int]]]:
+def _render_in_workers(s: RenderSettings, split: str, count: int, images_dir: Path, workers: int) -> List[List[Tuple[Box, int]]]:
     """Images 0 .. count-1 of ``split`` by ``workers`` processes, each a contiguous range; their objects."""
     bounds = [count * w // workers for w in range(workers + 1)]
     settings = json.dumps({k: getattr(s, k) for k in GENERATOR_FIELDS})
@@ -406,7 +406,7 @@ def _worker_env() -> Dict[str, str]:
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
-def _write_split(s: _Settings, split: str, out: Path) -> None:
+def _write_split(s: RenderSettings, split: str, out: Path) -> None:
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     count = s.num_images(split)
@@ -443,7 +443,7 @@ def generate(cfg: Any, out_dir: Path) -> None:
     ``cfg`` has the fields of ``retina.config.SyntheticConfig`` (dataclass, DictConfig or dict).
     The same settings always give the same JSON and the same image bytes.
     """
-    s = _Settings.of(cfg)
+    s = RenderSettings.of(cfg)
     for split in SPLITS:
         _write_split(s, split, Path(out_dir) / split)
 
@@ -466,7 +466,7 @@ def ensure_synthetic(cfg: Any, cache_dir: str | Path | None = None) -> Tuple[Dic
     cache_dir: the argument, else ``cfg.cache_dir`` if non-empty, else the user cache folder's
     ``synthetic/`` (retina/paths.py).
     """
-    s = _Settings.of(cfg)
+    s = RenderSettings.of(cfg)
     if cache_dir is None:
         configured = cfg.get("cache_dir", "") if isinstance(cfg, dict) else getattr(cfg, "cache_dir", "")
         cache_dir = configured or user_cache_dir("synthetic")
@@ -497,7 +497,7 @@ def ensure_synthetic(cfg: Any, cache_dir: str | Path | None = None) -> Tuple[Dic
 def _render_worker(argv: List[str]) -> int:
     """``--render SETTINGS_JSON SPLIT START STOP IMAGES_DIR OBJECTS_JSON``: one worker's range."""
     settings, split, start, stop, images_dir, out = argv
-    s = _Settings.of(json.loads(settings))
+    s = RenderSettings.of(json.loads(settings))
     objects = _render_range(s, split, int(start), int(stop), Path(images_dir))
     Path(out).write_text(json.dumps(objects))
     return 0
@@ -519,7 +519,7 @@ def main(argv: List[str] | None = None) -> int:
     cfg = OmegaConf.structured(SyntheticConfig)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv[1:]))
-        s = _Settings.of(cfg)
+        s = RenderSettings.of(cfg)
     except Exception as e:  # an unknown key, a wrong type, a value out of range
         print(f"command line: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

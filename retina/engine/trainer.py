@@ -32,7 +32,8 @@ from ..data.loaders import build_datasets, make_loader
 from ..data.samplers import StreamBatchSampler, aspect_ratio_groups
 from ..evaluation.evaluator import evaluate_model
 from ..modeling.losses import from_config as loss_from_config
-from ..modeling.retinanet import RetinaNet, from_config as model_from_config
+from ..build import build_model, resolve_backbone
+from ..modeling.retinanet import RetinaNet
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from .schedule import learning_rate
@@ -128,7 +129,8 @@ def fit(cfg: DictConfig, on_metrics: Optional[MetricsCallback] = None,
     train_set, val_set = build_datasets(cfg)
     state = load_checkpoint(resume_from, map_location=device) if resume_from else None
     # resumed: the checkpoint holds every weight, and says which backbone weights the run started from
-    net: RetinaNet = model_from_config(cfg, train_set.num_classes, load_backbone_weights=state is None).to(device)
+    backbone = resolve_backbone(cfg) if state is None else None  # explicit: may pre-train; a checkpoint holds them
+    net: RetinaNet = build_model(cfg, train_set.num_classes, backbone).to(device)
     backbone_init = ((state.get("extra") or {}).get("backbone_init") if state is not None else None) \
         or describe_backbone_init(cfg, net.backbone_source)
     if uses_channels_last(cfg, device):

@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..data import to_coco_results
-from ..engine.step import forward
+from ..execution import forward
 
 
 @torch.no_grad()

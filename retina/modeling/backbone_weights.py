@@ -26,22 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
-from ..config import ConfigError
+from ..errors import ConfigError, WeightsError  # noqa: F401 - WeightsError is raised from here
+from ..weight_names import SYNTHETIC, TORCHVISION_WEIGHT_NAMES, check_weights_file, is_weights_name  # noqa: F401
 
 if TYPE_CHECKING:
     import torch
 
 OFFLINE_ENV = "RETINA_OFFLINE"
-# The weights names torchvision 0.29 has per ResNet depth (checked against torchvision by a test), so
-# that validating a config needs no torch import.
-TORCHVISION_WEIGHT_NAMES: Dict[int, Tuple[str, ...]] = {
-    18: ("IMAGENET1K_V1",), 34: ("IMAGENET1K_V1",), 50: ("IMAGENET1K_V1", "IMAGENET1K_V2"),
-    101: ("IMAGENET1K_V1", "IMAGENET1K_V2"),
-}
-
-
-class WeightsError(ConfigError):
-    """The configured backbone weights cannot be had; one line naming them and what would work."""
 
 
 @dataclass(frozen=True)
@@ -62,14 +53,6 @@ def weights_enum(depth: int):
     import torchvision
 
     return getattr(torchvision.models, f"ResNet{depth}_Weights")
-
-
-def is_weights_name(spec: str) -> bool:
-    """A torchvision weights name (upper case, no path separator), not a file path."""
-    return bool(spec) and spec.upper() == spec and "/" not in spec and not spec.endswith((".pth", ".pt"))
-
-
-SYNTHETIC = "synthetic"  # model.backbone_weights: pre-trained on synthetic data (retina/pretrain.py)
 
 
 def hub_cache_dir() -> Path:
@@ -140,11 +123,7 @@ def resolve(spec: str, depth: int, allow_download: Optional[bool] = None, pretra
                                    f"cache {path.parent} and cannot be downloaded ({reason}); {how}") from None
         kind = "torchvision"
     else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"model.backbone_weights={spec!r}: file not found; expected a state dict (.pth) of "
-                               f"torchvision's ResNet-{depth}, a torchvision weights name such as IMAGENET1K_V1, or '' "
-                               "(from scratch)")
+        path = check_weights_file(spec, depth)
         kind = "file"
     stat = path.stat()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)

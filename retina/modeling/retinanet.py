@@ -128,21 +128,19 @@ class RetinaNet(nn.Module):
                 zip(boxes[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts))]
 
 
-def from_config(cfg, num_classes: int, load_backbone_weights: bool = True) -> RetinaNet:
+def from_config(cfg, num_classes: int, backbone=None) -> RetinaNet:
     """``cfg``: a RetinaConfig (uses its ``model`` and ``anchors`` sections). The backbone starts from
-    ``model.backbone_weights`` (unless ``load_backbone_weights`` is False: the caller loads a whole
-    checkpoint next); ``model.backbone_source`` is then the ResolvedWeights read, or None (random).
-    ``model.fast_cpu_convs`` plugs in the CPU speed paths (retina/cpu/)."""
-    from .. import cpu
+    ``backbone``, weights already resolved (``backbone_weights.resolve``; None: random, or the caller
+    loads a whole checkpoint next); ``model.backbone_source`` is that ResolvedWeights. Building never
+    downloads or trains anything; the CPU speed paths are plugged in by ``retina/build.py``."""
     from .anchors import from_config as anchors_from_config
-    from .backbone_weights import load_state_dict, resolve
+    from .backbone_weights import load_state_dict
 
     m = cfg.model
-    source = resolve(m.backbone_weights, m.depth, pretrain=cfg.pretrain) if load_backbone_weights else None
+    source = backbone
     model = RetinaNet(num_classes, depth=m.depth, fpn_channels=m.fpn_channels, head_convs=m.head_convs,
                       head_norm=m.head_norm, prior_init=m.prior_init, prior_prob=m.prior_prob,
                       anchor_generator=anchors_from_config(cfg.anchors), backbone_norm=m.backbone_norm,
                       freeze_at=m.freeze_at, backbone_state_dict=load_state_dict(source) if source is not None else None)
     model.backbone_source = source
-    cpu.use_fast_cpu_convs(model, m.fast_cpu_convs)
     return model

@@ -17,10 +17,11 @@ import torch
 from ..config import from_container
 from ..data.loaders import build_val_dataset, val_loader
 from ..engine.checkpoint import load_checkpoint
-from ..engine.step import assign, forward
+from ..engine.step import assign
+from ..execution import forward
 from ..modeling.boxes import IGNORE
 from ..modeling.losses import classification_targets, focal_loss
-from ..modeling.retinanet import from_config as model_from_config
+from ..build import build_model
 
 PAPER_GAMMAS = (0.0, 0.5, 1.0, 2.0)
 
@@ -49,7 +50,7 @@ def collect_logits(checkpoint: str | Path, max_images: int = 50,
     cfg = from_container(state["config"])
     device = torch.device("cpu")
     val_set = build_val_dataset(cfg)  # the training split is never opened
-    model = model_from_config(cfg, state["num_classes"], load_backbone_weights=False)  # the checkpoint holds them
+    model = build_model(cfg, state["num_classes"])  # the checkpoint holds the weights
     model.load_state_dict(state["model"])
     model.eval()
     cfg.data.max_val_images = max_images

@@ -1,0 +1,1 @@
+"""Analyses of trained detectors beyond the COCO metrics (Figure 4: the loss distribution)."""
