@@ -1,6 +1,7 @@
 """How the command line ends: exit codes, and bad input as one line on stderr."""
 from __future__ import annotations
 
+import re
 import sys
 
 EXIT_OK = 0
@@ -15,3 +16,15 @@ def fail(error: BaseException) -> int:
     message = " ".join(str(error).split("\n")).strip()
     print(f"error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure))(: .*)?$")
+
+
+def error_line(text: str, limit: int = 400) -> str:
+    """The line of a traceback that names the exception ("ValueError: ..."), else its last line."""
+    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line.strip()[:limit]
+    return (lines[-1].strip() if lines else "unknown error")[:limit]

@@ -9,7 +9,6 @@ finished / skipped / diverged / failed, wall time, and utilization = busy trial 
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import sys
 import threading
@@ -19,17 +18,9 @@ from typing import Any, Dict, List, Optional, TextIO
 
 from .sweep import Trial
 
+from .errors import error_line
 
-_EXCEPTION_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure))(: .*)?$")
 
-
-def error_line(text: str, limit: int = 400) -> str:
-    """The line of a traceback that names the exception ("ValueError: ..."), else its last line."""
-    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if _EXCEPTION_LINE.match(line):
-            return line.strip()[:limit]
-    return (lines[-1].strip() if lines else "unknown error")[:limit]
 
 
 def format_duration(seconds: Optional[float]) -> str:

@@ -180,7 +180,7 @@ def trial_key(cfg: DictConfig | Mapping[str, Any]) -> str:
     :data:`KEY_EXCLUDED` and the keys of :data:`KEY_OMITTED_AT` at their value there. The typed schema
     normalizes values first (``gamma: 0`` is 0.0)."""
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    flat = {k: v for k, v in config_lib._flatten(container).items()
+    flat = {k: v for k, v in config_lib.flatten_dict(container).items()
             if not key_excluded(k) and not (k in KEY_OMITTED_AT and v == KEY_OMITTED_AT[k])}
     if flat.get("model.backbone_weights") != "synthetic":  # the pretrain settings make no difference then
         flat = {k: v for k, v in flat.items() if not k.startswith("pretrain.")}
@@ -397,7 +397,7 @@ def _validate(cfg: DictConfig, sources: List[Tuple[str, dict]], context: str, ch
         key, detail = getattr(e, "key", None), getattr(e, "detail", None)
         if not key or not detail:
             raise
-        setters = [source for source, values in sources if key in config_lib._flatten(values)]
+        setters = [source for source, values in sources if key in config_lib.flatten_dict(values)]
         setter = setters[-1] if setters else "config (default value)"
         suffix = "" if setter == context else f" (in {context})"
         raise ConfigError(f"{setter}: {detail}{suffix}") from None
@@ -549,7 +549,7 @@ def _grid_rows(grids: list, tables: List[str], profile_axes: Mapping, profile: s
         if not isinstance(label_format, str) or not label_format.strip():
             raise ConfigError(f"{at}: missing 'label'; expected a format such as \"CE alpha={{loss.alpha}}\"")
         row_set = _set(entry, at)
-        set_flat = config_lib._flatten(row_set)
+        set_flat = config_lib.flatten_dict(row_set)
         keys = list(axes)
         for field_name, _spec in _LABEL_FIELD_RE.findall(label_format):
             if field_name not in keys and field_name not in set_flat:

@@ -230,7 +230,7 @@ def valid_keys(cfg: Optional[DictConfig] = None) -> List[str]:
     """Every dotted leaf key of the schema (or of ``cfg``), e.g. ``loss.alpha``."""
     if cfg is None:
         return list(_schema_keys())
-    return sorted(_flatten(OmegaConf.to_container(cfg, resolve=True)).keys())
+    return sorted(flatten_dict(OmegaConf.to_container(cfg, resolve=True)).keys())
 
 
 @functools.lru_cache(maxsize=1)
@@ -239,13 +239,14 @@ def _schema_keys() -> Tuple[str, ...]:
     return tuple(valid_keys(schema()))
 
 
-def _flatten(d: Any, prefix: str = "") -> dict:
+def flatten_dict(d: Any, prefix: str = "") -> dict:
+    """A nested dict as dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out = {}
     if isinstance(d, dict):
         for k, v in d.items():
             key = f"{prefix}{k}"
             if isinstance(v, dict):
-                out.update(_flatten(v, key + "."))
+                out.update(flatten_dict(v, key + "."))
             else:
                 out[key] = v
     return out
@@ -253,7 +254,7 @@ def _flatten(d: Any, prefix: str = "") -> dict:
 
 def flatten(cfg: DictConfig) -> dict:
     """Resolved config as ``{"loss.alpha": 0.25, ...}`` (lists stay lists)."""
-    return _flatten(OmegaConf.to_container(cfg, resolve=True))
+    return flatten_dict(OmegaConf.to_container(cfg, resolve=True))
 
 
 def closest_key(key: str, candidates: Iterable[str]) -> Optional[str]:
@@ -278,7 +279,7 @@ def merge_into(cfg: DictConfig, overrides: Any, where: str) -> DictConfig:
         return cfg
     if not isinstance(overrides, (dict, DictConfig)):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(overrides).__name__}")
-    flat = _flatten(OmegaConf.to_container(OmegaConf.create(overrides)) if isinstance(overrides, dict)
+    flat = flatten_dict(OmegaConf.to_container(OmegaConf.create(overrides)) if isinstance(overrides, dict)
                     else OmegaConf.to_container(overrides))
     known = set(valid_keys())
     for key in flat:
@@ -402,7 +403,7 @@ def load_config(
     except ConfigError as e:
         if e.key is None:
             raise
-        setters = [where for where, values in sources if e.key in _flatten(OmegaConf.to_container(
+        setters = [where for where, values in sources if e.key in flatten_dict(OmegaConf.to_container(
             OmegaConf.create(values)))]
         where = setters[-1] if setters else "config (default value)"
         raise ConfigError(f"{where}: {e.detail}", key=e.key, detail=e.detail) from None

@@ -24,7 +24,7 @@ def _preflight_errors() -> tuple:
     the modules already imported (retina.data imports torch: a dry run should not pay for that)."""
     errors: List[type] = [ConfigError]
     for module, name in (("retina.data", "DataError"), ("orchestrator.tracking", "TrackingError"),
-                         ("orchestrator.runner", "RunnerError")):
+                         ("orchestrator.runner", "RunnerError"), ("orchestrator.outbox", "OutboxError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
@@ -136,6 +136,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise tracking.TrackingError(f"sweep {sweep.name} is being run right now by driver {other} (host:pid); "
                                          "wait for it or stop it, then run again")
         rerun = rerun_keys(sweep, state, args.rerun or [])
+        journal = journal_path(storage, sweep.name, uri)
+        events = None
+        if journal.is_file():  # writes a run stopped by a tracking outage could not record
+            from ..outbox import read_journal
+
+            events = read_journal(journal)  # read first: a bad journal is bad input, before any work
         if any(not state.done(t.key) or t.key in rerun for t in sweep.trials):
             check_datasets(sweep)  # before any trial starts; skipped when there is nothing to run
             check_weights(sweep)
@@ -144,14 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return fail(e)
         raise
 
-    journal = journal_path(storage, sweep.name, uri)
-    if journal.is_file():  # writes a run stopped by a tracking outage could not record
-        from ..outbox import OutboxError, read_journal, replay_journal
+    if events is not None:
+        from ..outbox import replay_journal
 
-        try:
-            events = read_journal(journal)  # read before the store is opened: a bad journal touches nothing
-        except OutboxError as e:
-            return fail(e)
         count = replay_journal(journal, tracking.SweepTracker(uri, sweep, state), events)
         print(f"tracking: recorded {count} writes that the last run kept in {journal}")
         state = tracking.read_state(uri, sweep.name, sweep.variant)
@@ -181,13 +182,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 workers_per_trial=args.workers_per_trial)
         except runner.RunnerError as e:
             return fail(e)
-        return _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun,
-                        superseded)
+        return _execute(args, sweep=sweep, todo=todo, skipped=skipped, state=state, uri=uri, storage=storage,
+                        journal=journal, cluster=cluster, resources=resources, begun=begun, superseded=superseded)
     finally:
         runner.stop_ray(cluster)
 
 
-def _execute(args, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun,
+def _execute(args, *, sweep, todo, skipped, state, uri, storage, journal, cluster, resources, begun,
              superseded) -> int:
     """From here on things are written: MLflow runs, checkpoints."""
     from .. import runner, tracking

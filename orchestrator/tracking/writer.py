@@ -14,7 +14,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 
 from retina.config import flatten, to_yaml
 
-from ..progress import error_line
+from ..errors import error_line
 from ..sweep import Sweep, Trial, format_value
 from .provenance import source_tags
 from .state import SweepState
