@@ -48,7 +48,7 @@ READS = ("item", "__bool__", "__float__", "__int__", "tolist", "nonzero", "__ind
 
 def _ohem_case(h: int, w: int, n: int, positives: int, seed: int):
     from retina.modeling.anchors import AnchorGenerator, feature_shapes
-    from retina.modeling.boxes import BACKGROUND
+    from retina.modeling.matcher import BACKGROUND
 
     anchors = AnchorGenerator()(feature_shapes(h, w), device=torch.device("cpu"))
     g = torch.Generator().manual_seed(seed)
@@ -73,8 +73,8 @@ def _ohem_figures(quick: bool) -> dict:
     from torchvision.ops import nms
 
     from retina.modeling import nms_graph
-    from retina.modeling.boxes import IGNORE
-    from retina.modeling.losses import loss_order_keys, ohem_select
+    from retina.modeling.matcher import IGNORE
+    from retina.modeling.sampling import loss_order_keys, ohem_select
 
     n = 4 if quick else 16
     losses, anchors, labels = _ohem_case(*((320, 480) if quick else (608, 1024)), n, 50, 0)

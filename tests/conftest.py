@@ -82,6 +82,12 @@ def orchestrator_dirs(tmp_path_factory):
     return dirs
 
 
+def artifacts_beside(uri: str) -> str:
+    """An artifact folder beside a test's SQLite store (MLflow's default, ./mlruns, would land in the
+    folder the tests run from)."""
+    return str(Path(uri[len("sqlite:///"):]).parent / "mlruns")
+
+
 def single_seed(path: Path) -> Path:
     """A copy of a shipped sweep file without its per-row and file seeds: for tests whose numbers are
     one per row (what a row's several seeds do is tested on its own)."""

@@ -6,7 +6,9 @@ import torch
 from torchvision.ops import box_iou
 
 from retina.modeling.anchors import AnchorGenerator, feature_shapes
-from retina.modeling.boxes import BACKGROUND, IGNORE, decode, encode, match_anchors, pad_targets, pairwise_iou
+from retina.modeling.box_regression import decode, encode
+from retina.modeling.boxes import pad_targets, pairwise_iou
+from retina.modeling.matcher import BACKGROUND, IGNORE, match_anchors
 
 
 def test_default_anchors_are_nine_per_location_with_paper_sizes():

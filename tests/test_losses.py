@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from retina.modeling.boxes import BACKGROUND, IGNORE
-from retina.modeling.losses import RetinaLoss, focal_loss, ohem_select
+from retina.modeling.losses import RetinaLoss, focal_loss
+from retina.modeling.matcher import BACKGROUND, IGNORE
+from retina.modeling.sampling import ohem_select
 
 
 def logit(p: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ def ohem_full(losses, anchors, labels, batch_size, nms_thresh, pos_ratio):
     """The straightforward computation the fast OHEM must equal: every candidate through one NMS."""
     from torchvision.ops import nms
 
-    from retina.modeling.losses import loss_order_keys
+    from retina.modeling.sampling import loss_order_keys
 
     candidates = (labels != IGNORE).nonzero(as_tuple=True)[0]
     order = candidates[loss_order_keys(losses)[candidates].sort(descending=True).indices]
@@ -154,7 +155,7 @@ def test_fast_ohem_keeps_exactly_what_nms_over_all_anchors_keeps(case, batch_siz
     lowest losses (the prefix must grow to the end), no positives, almost everything ignored, and a
     loss that rises along the anchors (neighbours suppress each other all the way down). "graph":
     every image that the first prefix does not decide finishes through the overlap graph."""
-    from retina.modeling import losses as losses_module
+    from retina.modeling import sampling as losses_module
     from retina.modeling.anchors import AnchorGenerator, feature_shapes
 
     monkeypatch.setattr(losses_module, "OHEM_GRAPH_FROM", graph_from)

@@ -16,7 +16,7 @@ from orchestrator.report import build_report
 from orchestrator.sweep import load_sweep
 from retina.config import flatten
 
-from .conftest import single_seed
+from .conftest import artifacts_beside, single_seed
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALPHA_GAMMA = single_seed(PROJECT_ROOT / "sweeps" / "alpha_gamma.yaml")  # one trial per row
@@ -37,7 +37,7 @@ def fill_store(uri: str, ap: dict, seeded: dict = None) -> dict:
     """The alpha_gamma sweep as the orchestrator records it, written with MlflowClient."""
     sweep = load_sweep(ALPHA_GAMMA)
     client = MlflowClient(uri)
-    exp = client.create_experiment(sweep.name)
+    exp = client.create_experiment(sweep.name, artifact_location=artifacts_beside(uri))
     parent = client.create_run(exp, tags={"kind": "sweep", "sweep": sweep.name, "table": "1a,1b", "profile": "cpu",
                                           "overrides": "", "status": "finished", "code_version": "test"}).info.run_id
     client.log_text(parent, ALPHA_GAMMA.read_text(), "sweep.yaml")
@@ -187,7 +187,7 @@ def test_bad_input_is_one_line_and_exit_2(store, tmp_path, capsys):
     assert main(["report", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     client = MlflowClient(store["uri"])
-    client.create_experiment("empty_sweep")
+    client.create_experiment("empty_sweep", artifact_location=artifacts_beside(store["uri"]))
     assert main(["report", "empty_sweep", "--tracking-uri", store["uri"], "--out", str(out)]) == 2
     assert "has no trial runs" in capsys.readouterr().err
     assert not out.exists()  # nothing written

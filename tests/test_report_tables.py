@@ -23,7 +23,7 @@ from orchestrator.report import OUR_METRIC, PAPER, build_report, paper_key, pape
 from orchestrator.sweep import load_sweep
 from retina.config import flatten
 
-from .conftest import single_seed
+from .conftest import artifacts_beside, single_seed
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = PROJECT_ROOT / "sweeps"
@@ -66,7 +66,7 @@ def fill_store(uri: str, sweep_name: str, metrics: Metrics, status: Optional[Dic
     path = sweep_file(sweep_name, seeds)
     sweep = sweep_of(sweep_name, seeds)
     client = MlflowClient(uri)
-    exp = client.create_experiment(sweep.name)
+    exp = client.create_experiment(sweep.name, artifact_location=artifacts_beside(uri))
     parent = client.create_run(exp, tags={"kind": "sweep", "sweep": sweep.name, "table": ",".join(sweep.tables),
                                           "profile": sweep.profile, "overrides": "", "status": "finished",
                                           "code_version": "test"}).info.run_id

@@ -18,7 +18,9 @@ from retina.modeling.anchors import AnchorGenerator, feature_shapes
 from retina.cpu import fast_cpu_convs_on, use_fast_cpu_convs
 from retina.cpu.fast_conv import FastConv2d, use_fast_convs
 from retina.cpu.winograd import WinogradConv2d
-from retina.modeling.boxes import BACKGROUND, IGNORE, decode, match_anchors, pad_targets, pairwise_iou
+from retina.modeling.box_regression import decode
+from retina.modeling.boxes import pad_targets, pairwise_iou
+from retina.modeling.matcher import BACKGROUND, IGNORE, match_anchors
 from retina.modeling.retinanet import RetinaNet
 
 from .conftest import fill_freed_memory_with_nan
@@ -319,6 +321,7 @@ def test_chunked_matching_equals_unchunked_exactly(seed, low_quality):
 def test_matching_a_crowded_600x1000_batch_stays_within_its_chunk_budget(monkeypatch):
     """113,193 anchors x 100 boxes x 16 images: no IoU block larger than MATCH_CHUNK_ELEMENTS."""
     from retina.modeling import boxes as boxes_mod
+    from retina.modeling import matcher as matcher_mod
 
     anchors = AnchorGenerator()(feature_shapes(600, 1000))
     assert anchors.shape[0] == 113193
@@ -336,10 +339,10 @@ def test_matching_a_crowded_600x1000_batch_stays_within_its_chunk_budget(monkeyp
 
     monkeypatch.setattr(boxes_mod, "pairwise_iou", recording)
     labels = match_anchors(anchors[:20000], gt_boxes, gt_valid)  # a slice keeps the test quick
-    assert max(largest) <= boxes_mod.MATCH_CHUNK_ELEMENTS
+    assert max(largest) <= matcher_mod.MATCH_CHUNK_ELEMENTS
     assert labels.shape == (16, 20000) and (labels >= 0).any()
     # the whole anchor set: the same chunk size, so the same bound
-    assert max(1, boxes_mod.MATCH_CHUNK_ELEMENTS // (16 * 100)) * 16 * 100 <= boxes_mod.MATCH_CHUNK_ELEMENTS
+    assert max(1, matcher_mod.MATCH_CHUNK_ELEMENTS // (16 * 100)) * 16 * 100 <= matcher_mod.MATCH_CHUNK_ELEMENTS
 
 
 def test_pad_targets_equals_the_per_image_loop():

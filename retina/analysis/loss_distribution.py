@@ -19,7 +19,7 @@ from ..data.loaders import build_val_dataset, val_loader
 from ..engine.checkpoint import load_checkpoint
 from ..engine.step import assign
 from ..execution import forward
-from ..modeling.boxes import IGNORE
+from ..modeling.matcher import IGNORE
 from ..modeling.losses import classification_targets, focal_loss
 from ..build import build_model
 

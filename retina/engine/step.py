@@ -12,7 +12,8 @@ import torch
 from omegaconf import DictConfig
 
 from ..execution import amp_dtype, forward, grad_scaler, precision, uses_amp, uses_channels_last  # noqa: F401
-from ..modeling.boxes import match_anchors, pad_targets
+from ..modeling.boxes import pad_targets
+from ..modeling.matcher import match_anchors
 from ..modeling.losses import LossOutput, RetinaLoss
 
 

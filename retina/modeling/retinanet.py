@@ -16,7 +16,7 @@ from torchvision.ops import batched_nms
 
 from .anchors import AnchorGenerator
 from .backbone import ResNetBackbone
-from .boxes import decode
+from .box_regression import decode
 from .fpn import FPN
 from .heads import Subnet, prior_bias
 
