@@ -532,7 +532,7 @@ def _grid_axes(entry: Any, at: str) -> Dict[str, list]:
         if key not in known:
             hint = config_lib.closest_key(key, known)
             raise ConfigError(f"{at}.axes: unknown key '{key}'; " + (f"did you mean '{hint}'?" if hint else
-                                                                     "see retina/config.py for the valid keys"))
+                                                                     "see retina/config/schema.py for the valid keys"))
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{at}: empty grid; axes.{key} should be a non-empty list of values")
     return {str(k): list(v) for k, v in axes.items()}

@@ -4,6 +4,8 @@ image, optionally at most one positive to three negatives (SSD's 1:3).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torchvision.ops import batched_nms
 
