@@ -61,7 +61,8 @@ def _coco_dataset(tmp: Path, *, annotations=None, image_bytes=None, json_text=No
 
 CASE_NAMES = [
     "yaml syntax error", "unknown top-level key", "unknown config key", "wrong type", "alpha out of range",
-    "gamma out of range", "negative lr", "empty grid", "duplicate rows", "unknown profile in file", "unknown table",
+    "gamma out of range", "negative lr", "empty grid", "duplicate rows", "unknown profile in file", "row of an undeclared table",
+    "unknown claim kind", "claim on a missing row", "missing reference CSV",
     "no rows at all", "missing dataset path", "truncated annotation JSON", "bbox with negative size",
     "unknown category id", "image file missing", "image file corrupt", "unknown --profile", "override without =",
     "unknown --set key", "unreachable --address", "unreachable --tracking-uri", "missing sweep file",
@@ -96,7 +97,14 @@ def _cases(tmp: Path) -> dict:
                                      "CE alpha=0.25"),
         "unknown profile in file": _yaml_case(good.replace("tables: [1a]", "tables: [1a]\nprofile: laptop"),
                                               "unknown profile 'laptop'"),
-        "unknown table": _yaml_case(good.replace("tables: [1a]", "tables: [9z]"), "9z"),
+        "row of an undeclared table": _yaml_case(good.replace("tables: [1a]", "tables: [9z]"),
+                                                 "table '1a' is not in the sweep's tables [9z]"),
+        "unknown claim kind": _yaml_case(good + "claims:\n  - {kind: outperforms, a: \"CE alpha=0.25\", b: x}\n",
+                                         "unknown claim kind 'outperforms'"),
+        "claim on a missing row": _yaml_case(good + "claims:\n  - {kind: learns, row: \"CE alpha=0.5\", above: 1}\n",
+                                             "the sweep has no row 'CE alpha=0.5'"),
+        "missing reference CSV": _yaml_case(good.replace("tables: [1a]", "tables: [{name: mine, reference: no.csv}]")
+                                            .replace("table: 1a, ", ""), "no.csv"),
         "no rows at all": _yaml_case("name: x\ntables: [1a]\n", "rows"),
         # datasets
         "missing dataset path": {"sweep": None, "argv": ["--set", "data.source=coco",
