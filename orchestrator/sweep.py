@@ -37,12 +37,12 @@ so a row keeps its paper name under every profile; a per-profile substitution is
 :attr:`Trial.scaled` (and so in MLflow and the dry-run listing).
 
 A trial's key is a hash of its resolved config (which holds the seed) minus the keys that cannot
-change its results (:data:`KEY_EXCLUDED`). Rows that resolve to the same config are one trial that
+change its results (trial_keys.py). The dry-run listing is listing.py, the tables and claims
+declaration.py. Rows that resolve to the same config are one trial that
 belongs to several (table, label) rows: Table 1a's CE alpha .75 is Table 1b's gamma 0 alpha .75.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -58,34 +58,10 @@ from retina.config import ConfigError
 
 from . import declaration as declaration_lib
 from .declaration import PAPER_TABLES, Declaration
+from .trial_keys import KEY_EXCLUDED, KEY_LENGTH, KEY_OMITTED_AT, key_excluded, trial_key  # noqa: F401
 
 # The paper's tables and sections; a sweep may also declare tables of its own (declaration.py).
 TABLES: Dict[str, str] = PAPER_TABLES
-
-# Config keys that change how a run is logged, stored, parallelized, compiled or evaluated, never what
-# it trains (train.compile: the same network, kernels fused; equal up to float rounding). A key ending
-# in "." excludes every key under it.
-KEY_EXCLUDED: Tuple[str, ...] = (
-    "eval.",  # every evaluation setting (a prefix): `orchestrator evaluate` re-scores a checkpoint instead
-    "data.max_val_images",
-    "output_dir",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.num_threads",
-    "train.compile",
-    "train.cudnn_benchmark",
-    "train.cuda_memory_fraction",
-    "data.num_workers",
-    "data.prefetch_mb",
-    "data.synthetic.cache_dir",
-)
-
-# Config keys added after stores held runs: left out of the key while they hold this value (their
-# default, how every earlier run ran), so those runs keep their keys and are found and resumed.
-KEY_OMITTED_AT: Dict[str, Any] = {
-    "train.amp_cpu": False,
-    "train.amp_dtype": "bfloat16",
-}
 
 TOP_LEVEL_KEYS = ("name", "description", "tables", "profile", "base", "seeds", "rows", "grid", "resources",
                   "profiles", "claims")
@@ -94,7 +70,6 @@ GRID_KEYS = ("table", "label", "axes", "set", "seeds")
 PROFILE_SECTION_KEYS = ("base", "axes", "resources")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")
 DEFAULT_VARIANT = "default"
-KEY_LENGTH = 12  # hex digits of sha256: 48 bits, collisions negligible for any number of trials here
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _LABEL_FIELD_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?::([^{}]*))?\}")
@@ -173,24 +148,6 @@ class Sweep:
 
 # ----------------------------------------------------------------------------------------------
 # keys and small helpers
-
-
-def trial_key(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """First 12 hex digits of sha256 over the canonical JSON of the resolved config, without
-    :data:`KEY_EXCLUDED` and the keys of :data:`KEY_OMITTED_AT` at their value there. The typed schema
-    normalizes values first (``gamma: 0`` is 0.0)."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    flat = {k: v for k, v in config_lib.flatten_dict(container).items()
-            if not key_excluded(k) and not (k in KEY_OMITTED_AT and v == KEY_OMITTED_AT[k])}
-    if flat.get("model.backbone_weights") != "synthetic":  # the pretrain settings make no difference then
-        flat = {k: v for k, v in flat.items() if not k.startswith("pretrain.")}
-    canonical = json.dumps(flat, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
-
-
-def key_excluded(key: str) -> bool:
-    """Whether config key ``key`` is left out of trial keys (:data:`KEY_EXCLUDED`)."""
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in KEY_EXCLUDED)
 
 
 def nest(d: Mapping[str, Any]) -> dict:
@@ -619,39 +576,6 @@ def _format_label(fmt: str, values: Mapping[str, Any], where: str) -> str:
                                   f"the value {value!r}") from None
         return format_value(value)
     return _LABEL_FIELD_RE.sub(sub, fmt)
-
-
-# ----------------------------------------------------------------------------------------------
-# presentation
-
-
-def describe_diff(trial: Trial, limit: int = 6) -> str:
-    """The settings of ``trial`` that differ from the sweep's base config, e.g. "loss.alpha=0.1"."""
-    parts = [f"{k}={format_value(v)}" for k, v in sorted(trial.diff.items())]
-    for k, (declared, used) in sorted(trial.scaled.items()):
-        parts.append(f"({k} {format_value(declared)}->{format_value(used)} for this profile)")
-    if not parts:
-        return "(the base config)"
-    if len(parts) > limit:
-        parts = parts[:limit] + [f"... {len(parts) - limit} more"]
-    return " ".join(parts)
-
-
-def dry_run_listing(sweep: Sweep) -> str:
-    """The table `run --dry-run` prints: key, row(s), and what differs from the base."""
-    lines = [f"sweep {sweep.name} ({sweep.path}): tables {', '.join(sweep.tables)}; profile {sweep.profile}"
-             + (f"; --set {' '.join(sweep.overrides)}" if sweep.overrides else "")
-             + f"; {len(sweep.trials)} trials for {sweep.num_rows} rows"]
-    width = max([len(t.label) for t in sweep.trials] + [5])
-    lines.append(f"{'key':<{KEY_LENGTH}}  {'table':<6} {'row':<{width}}  settings that differ from the base")
-    for t in sweep.trials:
-        lines.append(f"{t.key:<{KEY_LENGTH}}  {','.join(t.tables):<6} {t.label:<{width}}  {describe_diff(t)}")
-    lines.append(f"variant {sweep.variant} (its own parent run in MLflow); claims the report tests:"
-                 if sweep.declaration.claims else f"variant {sweep.variant}; no claims declared")
-    for c in sweep.declaration.claims:
-        seeds = ", ".join(f"{label} {len(sweep.seeds_of(table, label))}" for table, label in c.rows)
-        lines.append(f"  {c.table}: {c.kind}: {c.says}" + (f" [seeds: {seeds}]" if seeds else ""))
-    return "\n".join(lines)
 
 
 def distinct_data_configs(sweep: Sweep) -> List[DictConfig]:

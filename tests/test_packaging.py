@@ -35,7 +35,7 @@ def test_a_non_editable_install_runs_the_main_job_and_the_report_from_another_fo
     run = subprocess.run([str(python), "-m", "orchestrator", "run", "sweeps/alpha_gamma.yaml", "--set", *settings],
                          cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "19 finished" in run.stdout and (work / "mlflow.db").is_file() and (work / "runs" / "ray").is_dir()
+    assert "33 finished" in run.stdout and (work / "mlflow.db").is_file() and (work / "runs" / "ray").is_dir()
     report = subprocess.run([str(python), "-m", "orchestrator", "report", "alpha_gamma"], cwd=work, env=env,
                             capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stderr[-2000:]

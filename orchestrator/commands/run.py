@@ -16,7 +16,8 @@ from typing import List, Optional
 from retina.config import ConfigError
 
 from ..errors import EXIT_INTERRUPTED, EXIT_TRACKING_OUTAGE, EXIT_TRIAL_FAILED, fail
-from ..sweep import Sweep, distinct_data_configs, dry_run_listing, load_sweep
+from ..listing import dry_run_listing
+from ..sweep import Sweep, distinct_data_configs, load_sweep
 
 
 def _preflight_errors() -> tuple:
