@@ -83,3 +83,31 @@ def test_the_scale_benchmark_runs_and_reports_every_figure(tmp_path):
         assert key in figures, key
     assert figures["ohem_equal_to_full"] is True and figures["coco_files_opened"] == 0
     assert figures["step_device_reads"] == 0 and figures["padding_share"] < figures["padding_share_ungrouped"]
+
+
+def test_the_step_profile_splits_the_step_and_measures_the_threads_limits(tmp_path, capsys):
+    from benchmarks import step_profile
+
+    cache = f"data.synthetic.cache_dir={tmp_path / 'synthetic'}"
+    assert step_profile.main(["--steps", "2", "--warmup", "1", "--eval-images", "4", *TINY, cache]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["threads"] == 1 and out["precision"] == "fp32" and out["steps_timed"] == 2
+    assert out["outside_network_ms"] == pytest.approx(out["step_ms"] - out["network_ms"], abs=1e-3)
+    assert out["outside_network_fraction"] == pytest.approx(out["outside_network_ms"] / out["step_ms"], abs=1e-3)
+    parts = out["outside_network_parts"]
+    assert all(parts[k] > 0 for k in ("data_wait_ms", "matching_ms", "loss_ms", "optimizer_ms"))
+    assert parts["outside_rest_ms"] == pytest.approx(out["outside_network_ms"] - sum(
+        parts[k] for k in ("data_wait_ms", "matching_ms", "loss_ms", "optimizer_ms")), abs=1e-2)
+    assert out["network_gflop_per_step"] > 0 and out["eval_ms_per_image"] > 0 and out["eval_images"] == 4
+    peak = out["matmul_peak_gflop_per_s"]
+    assert peak["fp32"] > 0 and peak["bf16"] > 0
+    assert out["network_fraction_of_peak"]["fp32"] == pytest.approx(out["network_gflop_per_s"] / peak["fp32"], rel=1e-2)
+    assert isinstance(out["avx512_bf16"], bool) and isinstance(out["amx_bf16"], bool)
+
+
+def test_the_step_profile_refuses_a_mistyped_key(capsys):
+    from benchmarks import step_profile
+
+    assert step_profile.main(["--steps", "1", "train.iteration=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "train.iteration" in err and "\n" not in err
