@@ -214,7 +214,7 @@ def test_two_gloo_processes_compute_the_gradients_of_one_process_on_the_same_bat
 
 
 def test_a_trial_asking_for_several_gpus_is_data_parallel_with_one_gpu_per_worker():
-    from orchestrator.runner import Cluster, RunnerError, plan_resources
+    from orchestrator.resource_plan import Cluster, RunnerError, plan_resources
 
     configs = [load_config("cpu", overrides=["train.batch_size=16"])]
     two_nodes = Cluster(address="head:6379", started_here=False, cpus=128, gpus=16, node_cpus=[64, 64],
