@@ -37,13 +37,12 @@ so a row keeps its paper name under every profile; a per-profile substitution is
 :attr:`Trial.scaled` (and so in MLflow and the dry-run listing).
 
 A trial's key is a hash of its resolved config (which holds the seed) minus the keys that cannot
-change its results (trial_keys.py). The dry-run listing is listing.py, the tables and claims
-declaration.py. Rows that resolve to the same config are one trial that
+change its results (trial_keys.py). The rows and grids are read by sweep_rows.py, the dry-run listing
+is listing.py, the tables and claims declaration.py. Rows that resolve to the same config are one trial that
 belongs to several (table, label) rows: Table 1a's CE alpha .75 is Table 1b's gamma 0 alpha .75.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -58,6 +57,7 @@ from retina.config import ConfigError
 
 from . import declaration as declaration_lib
 from .declaration import PAPER_TABLES, Declaration
+from .sweep_rows import check_keys, file_rows, format_value, grid_axes, is_mapping, nest, parse_seeds  # noqa: F401
 from .trial_keys import KEY_EXCLUDED, KEY_LENGTH, KEY_OMITTED_AT, key_excluded, trial_key  # noqa: F401
 
 # The paper's tables and sections; a sweep may also declare tables of its own (declaration.py).
@@ -65,14 +65,11 @@ TABLES: Dict[str, str] = PAPER_TABLES
 
 TOP_LEVEL_KEYS = ("name", "description", "tables", "profile", "base", "seeds", "rows", "grid", "resources",
                   "profiles", "claims")
-ROW_KEYS = ("table", "label", "set", "seeds")
-GRID_KEYS = ("table", "label", "axes", "set", "seeds")
 PROFILE_SECTION_KEYS = ("base", "axes", "resources")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")
 DEFAULT_VARIANT = "default"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_LABEL_FIELD_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?::([^{}]*))?\}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,66 +147,13 @@ class Sweep:
 # keys and small helpers
 
 
-def nest(d: Mapping[str, Any]) -> dict:
-    """``{"loss.alpha": 1, "train": {"lr": 2}}`` -> ``{"loss": {"alpha": 1}, "train": {"lr": 2}}``."""
-    out: dict = {}
-    for key, value in d.items():
-        node = out
-        parts = str(key).split(".")
-        for p in parts[:-1]:
-            child = node.get(p)
-            if not isinstance(child, dict):
-                child = node[p] = {}
-            node = child
-        leaf = parts[-1]
-        if isinstance(value, Mapping):
-            existing = node.get(leaf)
-            merged = nest(value)
-            node[leaf] = _deep_merge(existing, merged) if isinstance(existing, dict) else merged
-        else:
-            node[leaf] = value
-    return out
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
-    return out
-
-
-def format_value(value: Any) -> str:
-    """Short, stable text for a config value: 0.1 -> "0.1", 2.0 -> "2", [0.5, 1.0] -> "[0.5,1]"."""
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if value is not None else "null"
-    if isinstance(value, float):
-        return f"{value:g}" if math.isfinite(value) else str(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    return str(value)
-
-
 def _table_order(table: str) -> Tuple[float, str]:
     ids = list(TABLES)
     return (ids.index(table) if table in ids else len(ids), table)
 
 
-def _is_mapping(x: Any) -> bool:
-    return isinstance(x, Mapping)
-
-
 # ----------------------------------------------------------------------------------------------
 # loading
-
-
-@dataclass
-class _Row:
-    table: str
-    label: str
-    values: dict  # nested overrides: set + axis values used
-    where: str  # "file: grid[0] ('CE alpha=0.1')"
-    scaled: Dict[str, Tuple[Any, Any]]
-    seeds: Optional[List[int]] = None  # the row's own seeds (None: the file's)
 
 
 SWEEPS_DIR = Path(__file__).resolve().parent / "sweeps"  # the shipped sweep files (package data)
@@ -269,17 +213,17 @@ def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Seque
     profile_file = config_lib.profile_path(profile)  # unknown profile: one-line error listing the known
 
     sections = data.get("profiles") or {}
-    if not _is_mapping(sections):
+    if not is_mapping(sections):
         raise ConfigError(f"{where}: 'profiles' should map profile names to {{base, axes, resources}}")
     _check_profile_sections(data, sections, where)
     section = sections.get(profile) or {}
 
     # base config: schema <- profile <- base <- profiles.<p>.base <- command line
     base = data.get("base") or {}
-    if not _is_mapping(base):
+    if not is_mapping(base):
         raise ConfigError(f"{where}: base should be a mapping of config keys")
     profile_base = section.get("base") or {}
-    if not _is_mapping(profile_base):
+    if not is_mapping(profile_base):
         raise ConfigError(f"{where}: profiles.{profile}.base should be a mapping of config keys")
     head_sources = [(str(profile_file), config_lib.read_yaml(profile_file)), (f"{where}: base", nest(base)),
                     (f"{where}: profiles.{profile}.base", nest(profile_base))]
@@ -293,8 +237,8 @@ def load_sweep(path: str | Path, profile: Optional[str] = None, overrides: Seque
     base_config = config_lib.merge_into(cfg, cli, "command line") if cli else cfg
     _validate(base_config, head_sources + cli_sources, "command line")
 
-    seeds = _seeds(data.get("seeds"), where)
-    rows = _rows(data, tables, section.get("axes") or {}, profile, where)
+    seeds = parse_seeds(data.get("seeds"), where)
+    rows = file_rows(data, tables, section.get("axes") or {}, profile, where)
 
     trials: Dict[str, Trial] = {}
     seen: Dict[Tuple[str, str, int], str] = {}
@@ -360,28 +304,10 @@ def _validate(cfg: DictConfig, sources: List[Tuple[str, dict]], context: str, ch
         raise ConfigError(f"{setter}: {detail}{suffix}") from None
 
 
-def _seeds(value: Any, where: str) -> List[int]:
-    if value is None:
-        return [0]  # train.seed and data.synthetic.seed as configured
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)):
-        raise ConfigError(f"{where}: seeds={value!r}; expected a non-empty list of integers >= 0")
-    if len(set(value)) != len(value):
-        raise ConfigError(f"{where}: seeds={value!r} repeats a seed; expected distinct seeds")
-    return list(value)
-
-
-def _row_seeds(entry: Mapping, where: str) -> Optional[List[int]]:
-    """A row's (or grid entry's) own ``seeds``; None: the file's."""
-    return None if entry.get("seeds") is None else _seeds(entry.get("seeds"), where)
-
-
 def _resources(value: Any, where: str) -> Resources:
     if value is None:
         return Resources()
-    if not _is_mapping(value):
+    if not is_mapping(value):
         raise ConfigError(f"{where} should be a mapping with keys {', '.join(RESOURCE_KEYS)}")
     for k in value:
         if k not in RESOURCE_KEYS:
@@ -406,138 +332,12 @@ def _resources(value: Any, where: str) -> Resources:
     return out
 
 
-def _check_keys(entry: Mapping, allowed: Sequence[str], where: str) -> None:
-    for k in entry:
-        if k not in allowed:
-            hint = config_lib.closest_key(str(k), allowed)
-            right = f"did you mean '{hint}'?" if hint else f"expected {', '.join(allowed)}"
-            raise ConfigError(f"{where}: unknown key '{k}'; {right}")
-
-
-def _row_table(entry: Mapping, tables: List[str], where: str) -> str:
-    table = entry.get("table")
-    if table is None:
-        if len(tables) == 1:
-            return tables[0]
-        raise ConfigError(f"{where}: missing 'table'; expected one of the sweep's tables {', '.join(tables)}")
-    table = f"{table:g}" if isinstance(table, float) else str(table)
-    if table not in tables:
-        raise ConfigError(f"{where}: table '{table}' is not in the sweep's tables [{', '.join(tables)}]; "
-                          "add it there or fix the row")
-    return table
-
-
-def _set(entry: Mapping, where: str) -> dict:
-    value = entry.get("set") or {}
-    if not _is_mapping(value):
-        raise ConfigError(f"{where}: 'set' should be a mapping of config keys to values")
-    return nest(value)
-
-
-def _rows(data: Mapping, tables: List[str], profile_axes: Any, profile: str, where: str) -> List[_Row]:
-    """Every row of the file, in file order (``rows`` and ``grid`` as they appear)."""
-    explicit, grids = data.get("rows"), data.get("grid")
-    if explicit is None and grids is None:
-        raise ConfigError(f"{where}: no rows; expected 'rows' (a list) and/or 'grid' (a list)")
-    if explicit is not None and not isinstance(explicit, list):
-        raise ConfigError(f"{where}: rows should be a list of {{table, label, set}}")
-    if grids is not None and not isinstance(grids, list):
-        raise ConfigError(f"{where}: grid should be a list of {{table, label, axes, set}}")
-    if not _is_mapping(profile_axes):
-        raise ConfigError(f"{where}: profiles.{profile}.axes should map axis keys to lists of values")
-    rows: List[_Row] = []
-    used_profile_axes: set = set()
-    for section in [k for k in data if k in ("rows", "grid")]:
-        if section == "rows":
-            rows += _explicit_rows(explicit or [], tables, where)
-        else:
-            rows += _grid_rows(grids or [], tables, profile_axes, profile, where, used_profile_axes)
-    for key in profile_axes:
-        if key not in used_profile_axes:
-            raise ConfigError(f"{where}: profiles.{profile}.axes.{key} is not an axis of any grid")
-    if not rows:
-        raise ConfigError(f"{where}: no rows; 'rows' and 'grid' are empty")
-    return rows
-
-
-def _explicit_rows(entries: list, tables: List[str], where: str) -> List[_Row]:
-    rows = []
-    for i, entry in enumerate(entries):
-        at = f"{where}: rows[{i}]"
-        if not _is_mapping(entry):
-            raise ConfigError(f"{at} should be a mapping with keys {', '.join(ROW_KEYS)}")
-        _check_keys(entry, ROW_KEYS, at)
-        label = entry.get("label")
-        if not isinstance(label, str) or not label.strip():
-            raise ConfigError(f"{at}: missing 'label'; expected the row's name in the report, e.g. \"CE alpha=0.5\"")
-        table = _row_table(entry, tables, at)
-        rows.append(_Row(table, label, _set(entry, at), f"{at} ({table} '{label}')", {},
-                         _row_seeds(entry, at)))
-    return rows
-
-
-def _grid_axes(entry: Any, at: str) -> Dict[str, list]:
-    if not _is_mapping(entry):
-        raise ConfigError(f"{at} should be a mapping with keys {', '.join(GRID_KEYS)}")
-    _check_keys(entry, GRID_KEYS, at)
-    axes = entry.get("axes")
-    if not _is_mapping(axes) or not axes:
-        raise ConfigError(f"{at}: empty grid; expected 'axes' mapping config keys to non-empty lists of values")
-    known = set(config_lib.valid_keys())
-    for key, values in axes.items():
-        key = str(key)
-        if key not in known:
-            hint = config_lib.closest_key(key, known)
-            raise ConfigError(f"{at}.axes: unknown key '{key}'; " + (f"did you mean '{hint}'?" if hint else
-                                                                     "see retina/config/schema.py for the valid keys"))
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{at}: empty grid; axes.{key} should be a non-empty list of values")
-    return {str(k): list(v) for k, v in axes.items()}
-
-
-def _grid_rows(grids: list, tables: List[str], profile_axes: Mapping, profile: str, where: str,
-               used_profile_axes: set) -> List[_Row]:
-    rows = []
-    for i, entry in enumerate(grids):
-        at = f"{where}: grid[{i}]"
-        axes = _grid_axes(entry, at)
-        table = _row_table(entry, tables, at)
-        label_format = entry.get("label")
-        if not isinstance(label_format, str) or not label_format.strip():
-            raise ConfigError(f"{at}: missing 'label'; expected a format such as \"CE alpha={{loss.alpha}}\"")
-        row_set = _set(entry, at)
-        set_flat = config_lib.flatten_dict(row_set)
-        keys = list(axes)
-        for field_name, _spec in _LABEL_FIELD_RE.findall(label_format):
-            if field_name not in keys and field_name not in set_flat:
-                raise ConfigError(f"{at}: label '{label_format}' uses {{{field_name}}}, which is neither one of "
-                                  f"its axes ({', '.join(keys)}) nor in its 'set'")
-        used_values = {}
-        for key in keys:
-            used = axes[key]
-            if key in profile_axes:
-                used_profile_axes.add(key)
-                used = profile_axes[key]
-                if not isinstance(used, list) or len(used) != len(axes[key]):
-                    raise ConfigError(f"{where}: profiles.{profile}.axes.{key} should list {len(axes[key])} values, "
-                                      f"one per value of grid[{i}].axes.{key}")
-            used_values[key] = used
-        for combo in itertools.product(*(range(len(axes[k])) for k in keys)):
-            declared = {k: axes[k][j] for k, j in zip(keys, combo)}
-            used = {k: used_values[k][j] for k, j in zip(keys, combo)}
-            label = _format_label(label_format, {**set_flat, **declared}, at)
-            scaled = {k: (declared[k], used[k]) for k in keys if used[k] != declared[k]}
-            values = _deep_merge(row_set, nest(used))
-            rows.append(_Row(table, label, values, f"{at} ({table} '{label}')", scaled, _row_seeds(entry, at)))
-    return rows
-
-
 def _check_profile_sections(data: Mapping, sections: Mapping, where: str) -> None:
     """Every ``profiles.<p>`` section is checked, not only the one in use: names, keys, axis lengths."""
     grids = data.get("grid") if isinstance(data.get("grid"), list) else []
     axis_lengths: Dict[str, set] = {}
     for i, entry in enumerate(grids):
-        for key, values in _grid_axes(entry, f"{where}: grid[{i}]").items():
+        for key, values in grid_axes(entry, f"{where}: grid[{i}]").items():
             axis_lengths.setdefault(key, set()).add(len(values))
     for pname, section in sections.items():
         at = f"{where}: profiles.{pname}"
@@ -545,15 +345,15 @@ def _check_profile_sections(data: Mapping, sections: Mapping, where: str) -> Non
             config_lib.profile_path(str(pname))
         except ConfigError as e:
             raise ConfigError(f"{at}: {e}") from None
-        if not _is_mapping(section):
+        if not is_mapping(section):
             raise ConfigError(f"{at} should be a mapping with keys {', '.join(PROFILE_SECTION_KEYS)}")
-        _check_keys(section, PROFILE_SECTION_KEYS, at)
+        check_keys(section, PROFILE_SECTION_KEYS, at)
         base = section.get("base") or {}
-        if not _is_mapping(base):
+        if not is_mapping(base):
             raise ConfigError(f"{at}.base should be a mapping of config keys")
         config_lib.merge_into(config_lib.schema(), nest(base), f"{at}.base")
         axes = section.get("axes") or {}
-        if not _is_mapping(axes):
+        if not is_mapping(axes):
             raise ConfigError(f"{at}.axes should map axis keys to lists of values")
         for key, values in axes.items():
             if str(key) not in axis_lengths:
@@ -562,20 +362,6 @@ def _check_profile_sections(data: Mapping, sections: Mapping, where: str) -> Non
                 raise ConfigError(f"{at}.axes.{key} should list as many values as the grid's axis "
                                   f"({', '.join(str(n) for n in sorted(axis_lengths[str(key)]))})")
         _resources(section.get("resources"), f"{at}.resources")
-
-
-def _format_label(fmt: str, values: Mapping[str, Any], where: str) -> str:
-    def sub(m: re.Match) -> str:
-        value = values[m.group(1)]
-        spec = m.group(2)
-        if spec:
-            try:
-                return format(value, spec)
-            except (ValueError, TypeError):
-                raise ConfigError(f"{where}: label format '{{{m.group(1)}:{spec}}}' does not fit "
-                                  f"the value {value!r}") from None
-        return format_value(value)
-    return _LABEL_FIELD_RE.sub(sub, fmt)
 
 
 def distinct_data_configs(sweep: Sweep) -> List[DictConfig]:
